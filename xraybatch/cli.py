@@ -1,0 +1,264 @@
+"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect}``.
+
+Every command reports user errors (missing folder, bad label scheme, existing output...) as
+one line on stderr with exit code 2; ``ingest --strict`` exits 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import __version__, decode
+from .ingest import DEFAULT_CHUNK, IngestResult, ingest
+from .scan import ScanError
+from .store import StoreError, XrayStore
+
+EXIT_FAILED_FILES = 1
+EXIT_USAGE = 2
+_INGEST_EXAMPLES = """
+xraybatch ingest chest_xray xray.zarr --labels kermany3
+xraybatch ingest chest_xray xray.zarr --interpolation linear --decode exact
+xraybatch ingest data/ out.zarr --labels labels.csv --size 224 --overwrite
+xraybatch ingest /shared/xray /shared/xray.zarr --scheduler tcp://10.0.0.5:8786
+xraybatch ingest chest_xray s3://bucket/xray.zarr   # needs: pip install 'xraybatch[s3]'
+xraybatch ingest chest_xray xray.zarr --resume      # after an interruption
+"""
+_STAT_COLUMNS = ["images", "pixels", "min", "max", "mean", "std", "median", "p01", "p99"]
+
+
+def _examples(text: str) -> str:
+    return "examples:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="xraybatch", formatter_class=fmt,
+        description="Turn a folder of X-ray images into an analysis-ready zarr dataset.",
+        epilog=_examples("""
+            xraybatch demo                              # synth -> ingest -> stats, end to end
+            xraybatch ingest chest_xray xray.zarr --labels kermany3
+            xraybatch stats xray.zarr --by split
+            xraybatch inspect chest_xray/train/NORMAL/IM-0115-0001.jpeg
+        """))
+    p.add_argument("--version", action="version", version=f"xraybatch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", formatter_class=fmt, help="synthetic data -> ingest -> stats",
+                       description="Generate a synthetic Kermany-shaped dataset, ingest it and "
+                                   "print its statistics.",
+                       epilog=_examples("xraybatch demo\nxraybatch demo /tmp/xdemo --n 1000"))
+    d.add_argument("dir", nargs="?", default="xraybatch-demo",
+                   help="working folder (default: ./xraybatch-demo)")
+    d.add_argument("--n", type=int, default=240, help="number of images (default: 240)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+
+    s = sub.add_parser("synth", formatter_class=fmt,
+                       help="write a synthetic Kermany-shaped folder of X-ray-like JPEGs",
+                       description="Write OUT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg with "
+                                   "three classes by file name (NORMAL, bacteria, virus).",
+                       epilog=_examples("xraybatch synth synth_xray --n 500 --seed 1"))
+    s.add_argument("out", help="folder to create")
+    s.add_argument("--n", type=int, default=240, help="number of images (default: 240)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--scale", type=float, default=1.0,
+                   help="image size factor; 1.0 gives Kermany-like sizes (default: 1.0)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing synthetic folder")
+
+    i = sub.add_parser("ingest", formatter_class=fmt,
+                       help="read, resize and store every image of SRC into the zarr store OUT",
+                       description="Read every image under SRC as 8-bit grayscale, resize it to "
+                                   "SIZE x SIZE and write it with its label into the zarr v3 "
+                                   "store OUT, one Dask task per chunk.",
+                       epilog=_examples(_INGEST_EXAMPLES))
+    i.add_argument("src", help="folder of images: SRC/CLASS/* or SRC/{train,val,test}/CLASS/*")
+    i.add_argument("out", help="output store: a path or an fsspec URL such as s3://bucket/x.zarr")
+    i.add_argument("--size", type=int, default=256, help="output side in pixels (default: 256)")
+    i.add_argument("--labels", default="folder", metavar="folder|kermany3|FILE.csv",
+                   help="label scheme (default: folder)")
+    i.add_argument("--interpolation", choices=sorted(decode.INTERPOLATIONS), default="area",
+                   help="resize filter; linear reproduces the tutorial (default: area)")
+    i.add_argument("--decode", choices=decode.DECODE_MODES, default="fast",
+                   help="fast: DCT-scaled JPEG decode when big enough; exact: full decode "
+                        "(default: fast)")
+    i.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                   help=f"images per chunk and per task (default: {DEFAULT_CHUNK})")
+    i.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",
+                   help="Dask scheduler, or a distributed scheduler address (default: threads)")
+    i.add_argument("--workers", type=int, default=None,
+                   help="local workers (default: one per core)")
+    i.add_argument("--max-pixels", type=int, default=decode.MAX_PIXELS,
+                   help=f"refuse images declaring more pixels (default: {decode.MAX_PIXELS:,})")
+    mode = i.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    mode.add_argument("--resume", action="store_true",
+                      help="finish an interrupted run: write only the missing chunks")
+    i.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if any file could not be stored")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    t = sub.add_parser("stats", formatter_class=fmt, help="print a store's exact statistics",
+                       description="Print global and per-class pixel statistics of a store.",
+                       epilog=_examples("xraybatch stats xray.zarr\n"
+                                        "xraybatch stats xray.zarr --by split\n"
+                                        "xraybatch stats xray.zarr --json > stats.json"))
+    t.add_argument("out", help="store written by xraybatch ingest")
+    t.add_argument("--by", choices=["class", "split"], default="class",
+                   help="rows per class, or per split x class (default: class)")
+    t.add_argument("--json", action="store_true", help="print JSON (global, per_class, "
+                                                       "per_split_class, histograms)")
+
+    n = sub.add_parser("inspect", formatter_class=fmt, help="the tutorial's view of one image",
+                       description="Height, width, max, min, mean, std and the 256-bin "
+                                   "histogram of one image read as 8-bit grayscale.",
+                       epilog=_examples("xraybatch inspect IM-0115-0001.jpeg\n"
+                                        "xraybatch inspect IM-0115-0001.jpeg --json"))
+    n.add_argument("image", help="an image file")
+    n.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``xraybatch`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ScanError, StoreError, FileExistsError, ValueError, ImportError) as e:
+        print(f"xraybatch {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except decode.ImageError as e:
+        print(f"xraybatch {args.command}: error: {e} [{e.code}]", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\nxraybatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .synth import synth_dataset
+
+    root = Path(args.dir)
+    if root.exists() and any(root.iterdir()):
+        if not args.overwrite:
+            raise FileExistsError(f"{root} already exists: pass --overwrite to replace it")
+        if not (root / "xray.zarr").exists() and not (root / "chest_xray").exists():
+            raise FileExistsError(f"{root} is not a demo folder; refusing to overwrite it")
+        shutil.rmtree(root)
+    src, out = root / "chest_xray", root / "xray.zarr"
+    print(f"1/3 synth: writing {args.n} synthetic X-rays to {src}")
+    synth_dataset(src, n=args.n, seed=0)
+    print(f"2/3 ingest: {src} -> {out}")
+    result = ingest(src, out, labels="kermany3", progress=True)
+    _print_summary(result)
+    print("3/3 stats:")
+    _print_stats(XrayStore(str(out)).stats(), "split")
+    print(f"\nopen it: python -c \"import xraybatch; print(xraybatch.open('{out}'))\"")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import synth_dataset
+
+    frame = synth_dataset(args.out, n=args.n, seed=args.seed, scale=args.scale,
+                          overwrite=args.overwrite)
+    print(f"wrote {len(frame)} images ({frame.bytes.sum() / 1e6:.1f} MB) to {args.out}")
+    print(frame.groupby(["split", "kind"]).size().unstack(fill_value=0).to_string())
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    result = ingest(args.src, args.out, size=args.size, labels=args.labels,
+                    interpolation=args.interpolation, decode_mode=args.decode, chunk=args.chunk,
+                    scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
+                    resume=args.resume, progress=not args.quiet, max_pixels=args.max_pixels)
+    _print_summary(result)
+    return EXIT_FAILED_FILES if args.strict and len(result.failures) else 0
+
+
+def _print_summary(result: IngestResult) -> None:
+    resumed = (f" (resumed: {result.chunks_run} of {result.chunks_total} chunks written now)"
+               if result.chunks_run < result.chunks_total else "")
+    print(f"stored {result.n_stored} of {result.n_images} images in {result.out} "
+          f"in {result.seconds:.1f} s ({result.images_per_second:.0f} images/s){resumed}")
+    if len(result.skipped):
+        reasons = result.skipped.reason.value_counts().to_dict()
+        print(f"skipped {len(result.skipped)} files that are not labelled images: {reasons}")
+    if len(result.failures):
+        print(f"failed {len(result.failures)} files:")
+        for row in result.failures.head(50).itertuples():
+            print(f"  {row.status:<13} {row.path}: {row.message}")
+        if len(result.failures) > 50:
+            print(f"  ... and {len(result.failures) - 50} more (see the store's manifest)")
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    ds = XrayStore(args.out)
+    if not ds.complete:
+        done, total = ds.progress
+        print(f"xraybatch stats: {args.out} is INCOMPLETE: {done} of {total} chunks written "
+              f"({ds.attrs.get('n_images')} images); finish it with "
+              f"'xraybatch ingest SRC {args.out} --resume'", file=sys.stderr)
+        return EXIT_FAILED_FILES
+    stats = ds.stats()
+    if args.json:
+        print(json.dumps(stats, indent=1))
+    else:
+        _print_stats(stats, args.by)
+    return 0
+
+
+def _stat_row(name: str, s: dict) -> dict:
+    return {"group": name, **{k: s[k] for k in _STAT_COLUMNS}}
+
+
+def _print_stats(stats: dict, by: str) -> None:
+    rows = [_stat_row("all", stats["global"])]
+    if by == "class":
+        rows += [_stat_row(c, s) for c, s in stats["per_class"].items()]
+    else:
+        rows += [_stat_row(f"{sp}/{c}", s) for sp, per in stats["per_split_class"].items()
+                 for c, s in per.items()]
+    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
+        print(pd.DataFrame(rows).to_string(index=False))
+    weights = ", ".join(f"{c} {w}" for c, w in stats["class_weights"].items())
+    ratio = stats["imbalance_ratio"]
+    print(f"images {stats['images']} (valid {stats['valid']}, failed {stats['failed']}); "
+          f"imbalance ratio {ratio:.2f}; class weights {weights}")
+
+
+def inspect_image(path: str | os.PathLike) -> dict:
+    """The tutorial's single-image numbers for one file, read as 8-bit grayscale."""
+    data = decode.read_bytes(path)
+    image = decode.decode_gray(data, decode.read_header(data))
+    return {"path": str(path), "height": image.shape[0], "width": image.shape[1],
+            "max": int(image.max()), "min": int(image.min()),
+            "mean": round(float(image.mean()), 4), "std": round(float(image.std()), 4),
+            "hist": decode.histogram(image).tolist()}
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    info = inspect_image(args.image)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    for key in ("path", "height", "width", "max", "min"):
+        print(f"{key:>6}: {info[key]}")
+    print(f"  mean: {info['mean']:.4f}\n   std: {info['std']:.4f}")
+    print("histogram (256 bins, 16 per row):")
+    hist = np.asarray(info["hist"]).reshape(16, 16)
+    for row, counts in enumerate(hist):
+        print(f"  {row * 16:>3}-{row * 16 + 15:<3} " + " ".join(f"{c:>6}" for c in counts))
+    return 0
+
+
+_COMMANDS = {"demo": _cmd_demo, "synth": _cmd_synth, "ingest": _cmd_ingest,
+             "stats": _cmd_stats, "inspect": _cmd_inspect}

@@ -1,0 +1,274 @@
+"""Ingest: build one Dask task per output chunk, run it on the chosen scheduler.
+
+Each task reads, decodes and resizes its own images (:mod:`.decode`), writes its own chunk
+region of the store (:mod:`.store`) and returns a small report. The client only ever holds
+file paths and reports, so its memory does not grow with the dataset, and a chunk written
+twice (retry, resume, a worker lost) is written with the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import dask
+import numpy as np
+import pandas as pd
+
+from . import decode, store
+from .scan import Scan, scan
+from .store import StoreError, StoreRef
+
+#: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
+DEFAULT_CHUNK = 32
+LOCAL_SCHEDULERS = ("threads", "processes", "sync")
+# Attributes that must match for --resume to continue a run.
+_RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels")
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """Everything one chunk task needs; small and picklable."""
+
+    ref: StoreRef
+    index: int
+    start: int
+    paths: tuple[str, ...]
+    size: int
+    interpolation: str
+    decode: str
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class ChunkReport:
+    """What a chunk task returns: counts and its failures, never pixels."""
+
+    index: int
+    n: int
+    failures: tuple[tuple[int, str, str], ...]  # (sample, reason code, message)
+    bytes_read: int
+    seconds: float
+
+
+@dataclass
+class IngestResult:
+    """Summary of an ingest run (also stored in the store's ``summary`` attribute)."""
+
+    out: str
+    n_images: int
+    n_stored: int
+    failures: pd.DataFrame  # path, status, message
+    skipped: pd.DataFrame  # path, reason
+    seconds: float
+    chunks_run: int
+    chunks_total: int
+    bytes_read: int
+    reports: list[ChunkReport] = field(default_factory=list, repr=False)
+
+    @property
+    def images_per_second(self) -> float:
+        n = sum(r.n for r in self.reports)
+        return n / self.seconds if self.seconds > 0 else float("nan")
+
+
+def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray],
+                                             ChunkReport]:
+    """Decode the images of one chunk into arrays (pure: no store involved)."""
+    t0 = time.perf_counter()
+    n = len(task.paths)
+    images = np.zeros((n, task.size, task.size), np.uint8)
+    hist = np.zeros((n, 256), np.int32)
+    records = {name: np.full(n, fill, dtype=object if dtype is str else dtype)
+               for name, (dtype, fill) in store.RECORD_ARRAYS.items()}
+    failures, nbytes = [], 0
+    for i, path in enumerate(task.paths):
+        try:
+            data = decode.read_bytes(path)
+            nbytes += len(data)
+            records["sha256"][i] = decode.content_hash(data)
+            result = decode.process(data, task.size, task.interpolation, task.decode,
+                                    task.max_pixels)
+        except decode.ImageError as e:
+            records["status"][i], records["message"][i] = e.code, str(e)
+            failures.append((task.start + i, e.code, str(e)))
+            continue
+        images[i] = result.image
+        hist[i] = decode.histogram(result.image)
+        header = result.header
+        records["valid"][i], records["status"][i] = True, "ok"
+        records["orig_height"][i], records["orig_width"][i] = result.height, result.width
+        records["orig_channels"][i], records["orig_bitdepth"][i] = header.channels, header.bitdepth
+        records["orig_format"][i], records["decode_scale"][i] = header.format, result.scale
+    report = ChunkReport(task.index, n, tuple(failures), nbytes, time.perf_counter() - t0)
+    return images, hist, records, report
+
+
+def run_chunk(task: ChunkTask) -> ChunkReport:
+    """The Dask task: decode one chunk and write it into the store."""
+    # Dask already runs one task per core; OpenCV's own pool would oversubscribe them.
+    cv2.setNumThreads(1)
+    images, hist, records, report = process_chunk(task)
+    store.write_chunk(task.ref.open("r+"), task.index, task.start, images, hist, records)
+    return report
+
+
+def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], chunk: int,
+                **params: Any) -> list:
+    """One ``dask.delayed`` task per chunk index in ``chunks``."""
+    tasks = []
+    for index in chunks:
+        start = index * chunk
+        spec = ChunkTask(ref, index, start,
+                         tuple(os.path.join(root, p) for p in paths[start:start + chunk]), **params)
+        tasks.append(dask.delayed(run_chunk, pure=True)(spec,
+                                                        dask_key_name=f"xraybatch-chunk-{index}"))
+    return tasks
+
+
+def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
+            progress: bool = False, retries: int = 2) -> list[ChunkReport]:
+    """Run the tasks on a local scheduler, a scheduler address or a ``distributed.Client``."""
+    if not tasks:
+        return []
+    if isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS:
+        from dask.diagnostics import ProgressBar
+
+        bar = ProgressBar(dt=0.5) if progress else nullcontext()
+        with bar:
+            return list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers))
+    from distributed import Client
+    from distributed import progress as dprogress
+
+    owns = isinstance(scheduler, str)
+    client = Client(scheduler, timeout="20s") if owns else scheduler
+    try:
+        futures = client.compute(tasks, retries=retries)
+        if progress:
+            dprogress(futures)
+        return client.gather(futures)
+    finally:
+        if owns:
+            client.close()
+
+
+def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
+           labels: str = "folder", interpolation: str = "area", decode_mode: str = "fast",
+           chunk: int = DEFAULT_CHUNK, scheduler: Any = "threads", workers: int | None = None,
+           overwrite: bool = False, resume: bool = False, progress: bool = False,
+           max_pixels: int = decode.MAX_PIXELS, storage_options: dict | None = None,
+           retries: int = 2) -> IngestResult:
+    """Read every image under ``src`` into the zarr store ``out``.
+
+    Parameters
+    ----------
+    src
+        Folder of images (see :func:`xraybatch.scan`).
+    out
+        Store path or fsspec URL (``s3://bucket/x.zarr`` needs ``xraybatch[s3]``).
+    size, interpolation, decode_mode
+        Output side, ``"area"`` or ``"linear"`` resize, ``"fast"`` (DCT-scaled JPEG
+        decode) or ``"exact"`` (full decode).
+    chunk
+        Images per zarr chunk and per Dask task.
+    scheduler
+        ``"threads"``, ``"processes"``, ``"sync"``, a scheduler address
+        (``"tcp://host:8786"``) or a ``distributed.Client``.
+    overwrite, resume
+        Replace an existing store, or finish an interrupted run (only missing chunks).
+
+    Examples
+    --------
+    >>> result = xraybatch.ingest("chest_xray", "xray.zarr", labels="kermany3")  # doctest: +SKIP
+    >>> result.n_stored, result.images_per_second  # doctest: +SKIP
+    """
+    if size < 8 or size > 4096:
+        raise ValueError(f"size must be between 8 and 4096, got {size}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    if interpolation not in decode.INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {interpolation!r}: use area or linear")
+    if decode_mode not in decode.DECODE_MODES:
+        raise ValueError(f"unknown decode mode {decode_mode!r}: use fast or exact")
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume exclude each other")
+    t0 = time.perf_counter()
+    found = scan(src, labels)
+    ref = StoreRef(str(out), storage_options or {})
+    attrs = {"source": str(found.root.resolve()), "label_scheme": str(labels),
+             "interpolation": interpolation, "decode": decode_mode, "max_pixels": max_pixels,
+             "n_skipped": len(found.skipped),
+             "skipped": found.skipped.head(1000).values.tolist()}
+    with store.locked(ref):
+        if resume:
+            group, todo = _resume(ref, found, attrs)
+            chunk = int(group.attrs["chunk"])
+        else:
+            group = store.create(ref, found.manifest, size=size, chunk=chunk,
+                                 classes=found.classes, splits=found.splits, attrs=attrs,
+                                 overwrite=overwrite)
+            todo = list(range(store.n_chunks(len(found.manifest), chunk)))
+        params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
+                      decode=decode_mode, max_pixels=max_pixels)
+        tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
+                            **params)
+        threads = cv2.getNumThreads()
+        try:
+            reports = compute(tasks, scheduler, workers, progress, retries)
+        finally:
+            cv2.setNumThreads(threads)
+        result = _summarize(ref, found, reports, time.perf_counter() - t0)
+        store.mark_complete(group, _summary_attrs(result))
+    return result
+
+
+def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]):
+    if not ref.exists():
+        raise StoreError(f"nothing to resume: {ref.url} does not exist")
+    try:
+        group = ref.open("r+")
+        stored = dict(group.attrs)
+        done = store.done_chunks(group)
+    except (FileNotFoundError, KeyError, ValueError):
+        raise StoreError(f"{ref.url} was interrupted before its layout was written; "
+                         "start again with --overwrite") from None
+    for key in _RESUME_KEYS:
+        if stored.get(key) != attrs[key]:
+            raise StoreError(f"cannot resume {ref.url}: {key} was {stored.get(key)!r}, "
+                             f"now {attrs[key]!r}")
+    before = store.scan_arrays(group)
+    now = found.manifest[["path", "label"]]
+    if len(before) != len(now) or not (before.path.to_numpy() == now.path.to_numpy()).all() \
+            or not (before.label.to_numpy() == now.label.to_numpy()).all():
+        raise StoreError(f"cannot resume {ref.url}: the source files changed since the "
+                         "interrupted run; start again with --overwrite")
+    group.attrs["complete"] = False
+    return group, [int(i) for i in np.flatnonzero(~done)]
+
+
+def _summarize(ref: StoreRef, found: Scan, reports: list[ChunkReport],
+               seconds: float) -> IngestResult:
+    group = ref.open("r")
+    status = group["status"][:]
+    bad = np.flatnonzero(status != "ok")
+    failures = pd.DataFrame({"path": group["path"].get_orthogonal_selection(bad)
+                             if len(bad) else np.array([], object),
+                             "status": status[bad],
+                             "message": group["message"][:][bad]})
+    n = len(status)
+    return IngestResult(out=ref.url, n_images=n, n_stored=n - len(bad), failures=failures,
+                        skipped=found.skipped, seconds=seconds, chunks_run=len(reports),
+                        chunks_total=store.n_chunks(n, int(group.attrs["chunk"])),
+                        bytes_read=sum(r.bytes_read for r in reports), reports=reports)
+
+
+def _summary_attrs(result: IngestResult) -> dict[str, Any]:
+    return {"n_images": result.n_images, "n_stored": result.n_stored,
+            "n_failed": len(result.failures),
+            "reasons": result.failures.status.value_counts().to_dict(),
+            "n_skipped": len(result.skipped), "seconds_last_run": round(result.seconds, 3),
+            "chunks_last_run": result.chunks_run}

@@ -1,0 +1,98 @@
+"""Quality-control flags, derived from what the store records about each image.
+
+All flags are computed from the per-image histograms and source facts (no pixel is read
+again), so they are the same whether asked for right after ingest or years later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: Flag name -> what it means (the manifest has one boolean column ``qc_<name>`` per flag).
+FLAGS: dict[str, str] = {
+    "duplicate": "byte-identical to another file (same SHA-256); all copies are flagged",
+    "rgb": "the source has colour channels (converted to grayscale)",
+    "small": "the source is smaller than the target size on a side (upscaled)",
+    "high_bitdepth": "the source has more than 8 bits per sample (scaled to 8 bits)",
+    "format_mismatch": "the file extension does not match its content",
+    "constant": "near-constant image (pixel std < 2)",
+    "dark": "very dark image (mean < 20)",
+    "bright": "very bright image (mean > 235)",
+    "outlier": "mean or std far from its class (robust z-score > 3.5)",
+}
+_EXTENSIONS = {"jpeg": {".jpg", ".jpeg", ".jpe"}, "png": {".png"}, "bmp": {".bmp"},
+               "tiff": {".tif", ".tiff"}, "webp": {".webp"}, "pgm": {".pgm", ".pbm"},
+               "ppm": {".ppm"}}
+ROBUST_Z = 3.5
+
+
+def image_moments(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image mean and (population) std from (N, 256) histograms; NaN for empty rows."""
+    hist = np.asarray(hist, dtype=np.float64)
+    values = np.arange(256, dtype=np.float64)
+    n = hist.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = hist @ values / n
+        var = hist @ values**2 / n - mean**2
+    return mean, np.sqrt(np.clip(var, 0, None))
+
+
+def robust_z(x: np.ndarray) -> np.ndarray:
+    """|x - median| / (1.4826 MAD); 0 where the spread is 0."""
+    med = np.median(x)
+    mad = 1.4826 * np.median(np.abs(x - med))
+    return np.zeros_like(x) if mad == 0 else np.abs(x - med) / mad
+
+
+def add_flags(frame: pd.DataFrame, hist: np.ndarray, size: int) -> pd.DataFrame:
+    """Add ``mean``, ``std``, ``duplicate_of``, ``qc_<flag>`` and ``qc_flags`` columns.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"path": ["a.jpeg", "b.jpeg"], "label": [0, 0],
+    ...     "valid": [True, True], "sha256": ["x", "x"], "orig_height": [300, 300],
+    ...     "orig_width": [300, 300], "orig_channels": [1, 3], "orig_bitdepth": [8, 8],
+    ...     "orig_format": ["jpeg", "png"]})
+    >>> hist = np.zeros((2, 256), int); hist[:, 128] = 65536
+    >>> add_flags(frame, hist, 256).qc_flags.tolist()
+    ['duplicate,constant', 'duplicate,rgb,format_mismatch,constant']
+    """
+    out = frame.copy()
+    valid = out.valid.to_numpy(bool)
+    mean, std = image_moments(hist)
+    out["mean"], out["std"] = np.where(valid, mean, np.nan), np.where(valid, std, np.nan)
+
+    hashed = out.sha256.where(out.sha256 != "")
+    first = hashed.groupby(hashed).transform(lambda s: s.index[0])
+    out["duplicate_of"] = np.where(first.notna() & (first != out.index), first, -1).astype(int)
+    counts = hashed.map(hashed.value_counts())
+    suffix = out.path.str.extract(r"(\.[^./]+)$", expand=False).str.lower()
+    flags = {
+        "duplicate": counts.fillna(0).to_numpy() > 1,
+        "rgb": out.orig_channels.to_numpy() >= 3,
+        "small": valid & ((out.orig_height < size) | (out.orig_width < size)).to_numpy(),
+        "high_bitdepth": out.orig_bitdepth.to_numpy() > 8,
+        "format_mismatch": np.array([bool(f) and s not in _EXTENSIONS.get(f, {s})
+                                     for f, s in zip(out.orig_format, suffix, strict=True)]),
+        "constant": valid & (std < 2),
+        "dark": valid & (mean < 20),
+        "bright": valid & (mean > 235),
+        "outlier": _class_outliers(out.label.to_numpy(), mean, std, valid),
+    }
+    for name, flag in flags.items():
+        out[f"qc_{name}"] = flag
+    names = np.array(list(flags))
+    table = np.column_stack(list(flags.values()))
+    out["qc_flags"] = [",".join(names[row]) for row in table]
+    return out
+
+
+def _class_outliers(labels: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                    valid: np.ndarray) -> np.ndarray:
+    flag = np.zeros(len(labels), bool)
+    for label in np.unique(labels[valid]):
+        rows = np.flatnonzero(valid & (labels == label))
+        if len(rows) >= 5:  # too few images give no meaningful spread
+            flag[rows] = (robust_z(mean[rows]) > ROBUST_Z) | (robust_z(std[rows]) > ROBUST_Z)
+    return flag

@@ -1,0 +1,194 @@
+"""Scan a folder of images into a manifest: which files, in which split, with which label.
+
+Nothing is decoded here. Files are chosen by extension; the decoder later checks their content.
+The order of the manifest is deterministic (split order, then path), so two scans of the same
+folder give the same store layout, which is what makes ``--resume`` possible.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
+                  ".pgm", ".ppm", ".pbm"}
+SPLITS = ("train", "val", "test")
+NO_SPLIT = "none"
+KERMANY3 = ("NORMAL", "BACTERIA", "VIRUS")
+# Folders that archive tools add and that never hold data (macOS zip resource forks, etc.).
+_JUNK_DIRS = {"__MACOSX", ".git", ".ipynb_checkpoints", "@eaDir"}
+
+
+class ScanError(ValueError):
+    """A problem with the source folder or the label scheme (reported in one line)."""
+
+
+@dataclass
+class Scan:
+    """The result of :func:`scan`.
+
+    ``manifest`` has one row per image file, in store order, with columns ``path``
+    (relative, posix), ``split``, ``class_name``, ``label``, ``bytes`` (-1 when the file
+    cannot be stat'ed; the decoder will give the reason). ``skipped`` lists files that are
+    not images or carry no label, with a ``reason``.
+    """
+
+    root: Path
+    manifest: pd.DataFrame
+    classes: list[str]
+    splits: list[str]
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+
+
+def _walk(root: Path) -> list[Path]:
+    """All files below root, following directory symlinks once (loops are cut)."""
+    seen: set[str] = set()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if d not in _JUNK_DIRS)
+        out.extend(Path(dirpath, f) for f in filenames)
+    return out
+
+
+def _split_of(parts: tuple[str, ...], has_splits: bool) -> tuple[str, tuple[str, ...]]:
+    if has_splits and parts[0].lower() in SPLITS:
+        return parts[0].lower(), parts[1:]
+    return NO_SPLIT, parts
+
+
+def _kermany3(folder: str, name: str, rel: str) -> str:
+    folder = folder.upper()
+    if folder == "NORMAL":
+        return "NORMAL"
+    if folder != "PNEUMONIA":
+        raise ScanError(f"kermany3 labels expect NORMAL/ or PNEUMONIA/ folders, found {rel}")
+    lowered = name.lower()
+    if "bacteria" in lowered:
+        return "BACTERIA"
+    if "virus" in lowered:
+        return "VIRUS"
+    raise ScanError(f"kermany3: cannot tell bacteria from virus in file name {rel}")
+
+
+def read_label_csv(path: str | os.PathLike) -> dict[str, str]:
+    """Read a CSV mapping relative path -> class (columns ``path`` and ``class`` or ``label``).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp(), "labels.csv")
+    >>> _ = p.write_text("path,class\\ntrain/a.jpeg,cat\\n")
+    >>> read_label_csv(p)
+    {'train/a.jpeg': 'cat'}
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ScanError(f"cannot read label CSV {path}: {e}") from None
+    if not rows:
+        raise ScanError(f"label CSV {path} has no rows")
+    key = "class" if "class" in rows[0] else "label"
+    if "path" not in rows[0] or key not in rows[0]:
+        raise ScanError(f"label CSV {path} needs columns 'path' and 'class' "
+                        f"(found {', '.join(rows[0])})")
+    mapping: dict[str, str] = {}
+    for i, row in enumerate(rows, start=2):
+        rel, cls = (row.get("path") or "").strip(), (row.get(key) or "").strip()
+        if not rel or not cls:
+            raise ScanError(f"label CSV {path} line {i}: empty path or class")
+        mapping[Path(rel).as_posix()] = cls
+    return mapping
+
+
+def scan(root: str | os.PathLike, labels: str = "folder") -> Scan:
+    """Scan ``root`` into a manifest.
+
+    Parameters
+    ----------
+    root
+        Folder of images, either ``root/CLASS/*.ext`` or ``root/{train,val,test}/CLASS/*.ext``.
+    labels
+        ``"folder"`` (class = folder name, labels are the sorted names), ``"kermany3"``
+        (NORMAL / BACTERIA / VIRUS, PNEUMONIA split by file name) or the path of a CSV file
+        mapping relative path -> class.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for rel in ["train/NORMAL/IM-1.jpeg", "train/PNEUMONIA/person1_virus_2.jpeg",
+    ...             "train/.DS_Store"]:
+    ...     (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    ...     _ = (root / rel).write_bytes(b"x")
+    >>> s = scan(root, labels="kermany3")
+    >>> s.manifest[["path", "split", "class_name", "label"]].values.tolist()
+    [['train/NORMAL/IM-1.jpeg', 'train', 'NORMAL', 0], ['train/PNEUMONIA/person1_virus_2.jpeg', 'train', 'VIRUS', 2]]
+    >>> s.skipped.values.tolist()
+    [['train/.DS_Store', 'not_image']]
+    """  # noqa: E501
+    root = Path(root)
+    if not root.is_dir():
+        raise ScanError(f"source folder not found: {root}")
+    csv_map = None
+    if labels not in ("folder", "kermany3"):
+        if not labels.lower().endswith(".csv"):
+            raise ScanError(f"unknown label scheme {labels!r}: use folder, kermany3 or a .csv file")
+        csv_map = read_label_csv(labels)
+
+    files = _walk(root)
+    rels = [f.relative_to(root).as_posix() for f in files]
+    has_splits = any(r.split("/")[0].lower() in SPLITS and r.count("/") >= 2 for r in rels)
+    rows, skipped = [], []
+    for path, rel in zip(files, rels, strict=True):
+        parts = tuple(rel.split("/"))
+        name = parts[-1]
+        if path.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("._"):
+            skipped.append((rel, "not_image"))
+            continue
+        split, inner = _split_of(parts, has_splits)
+        if csv_map is not None:
+            cls = csv_map.get(rel)
+        elif len(inner) < 2:
+            cls = None
+        else:
+            cls = _kermany3(inner[-2], name, rel) if labels == "kermany3" else inner[-2]
+        if cls is None:
+            skipped.append((rel, "unlabelled"))
+            continue
+        rows.append((rel, split, cls, _size(path)))
+    if csv_map is not None:  # listed but absent: kept, so the decoder reports them as missing
+        found = set(rels)
+        for rel, cls in csv_map.items():
+            if rel not in found:
+                rows.append((rel, _split_of(tuple(rel.split("/")), has_splits)[0], cls, -1))
+
+    if not rows:
+        raise ScanError(f"no labelled image files under {root} "
+                        f"({len(skipped)} other files skipped)")
+    manifest = pd.DataFrame(rows, columns=["path", "split", "class_name", "bytes"])
+    classes = list(KERMANY3) if labels == "kermany3" else sorted(manifest.class_name.unique())
+    splits = [s for s in (*SPLITS, NO_SPLIT) if s in set(manifest.split)]
+    manifest["label"] = manifest.class_name.map({c: i for i, c in enumerate(classes)})
+    order = manifest.split.map({s: i for i, s in enumerate(splits)})
+    manifest = (manifest.assign(_o=order).sort_values(["_o", "path"], kind="stable")
+                .drop(columns="_o").reset_index(drop=True))
+    manifest = manifest[["path", "split", "class_name", "label", "bytes"]]
+    skipped_df = pd.DataFrame(sorted(skipped), columns=["path", "reason"])
+    return Scan(root, manifest, classes, splits, skipped_df)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

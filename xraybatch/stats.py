@@ -1,0 +1,133 @@
+"""Exact statistics, reduced from the integer per-image histograms.
+
+Every figure derives from sums of integer histograms, so it is identical whatever the
+chunking or the scheduler. Percentiles and the median are the order statistics of the
+pixels, interpolated exactly as ``numpy.percentile`` (method ``linear``) does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask
+import numpy as np
+
+QUANTILES = {"p01": 1.0, "median": 50.0, "p99": 99.0}
+
+
+def group_histograms(hist, group_ids: np.ndarray, n_groups: int) -> np.ndarray:
+    """Sum per-image histograms by group: (N, 256) dask array -> (n_groups, 256) int64.
+
+    Rows with a negative group id (invalid images) are left out. One task per chunk.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> h = da.from_array(np.ones((4, 256), np.int32), chunks=2)
+    >>> group_histograms(h, np.array([0, 1, 1, -1]), 2)[:, 0].tolist()
+    [1, 2]
+    """
+    bounds = np.cumsum((0, *hist.chunks[0]))
+    parts = [dask.delayed(_partial)(block, group_ids[a:b], n_groups)
+             for block, a, b in zip(hist.to_delayed().ravel(), bounds[:-1], bounds[1:],
+                                    strict=True)]
+    return dask.delayed(sum)(parts).compute() if parts else np.zeros((n_groups, 256), np.int64)
+
+
+def _partial(block: np.ndarray, ids: np.ndarray, n_groups: int) -> np.ndarray:
+    out = np.zeros((n_groups, 256), np.int64)
+    keep = ids >= 0
+    np.add.at(out, ids[keep], block[keep].astype(np.int64))
+    return out
+
+
+def _order_stat(cum: np.ndarray, k: int) -> float:
+    """k-th smallest pixel value (0-based) from a cumulative histogram."""
+    return float(np.searchsorted(cum, k, side="right"))
+
+
+def percentile(hist: np.ndarray, q: float) -> float:
+    """``numpy.percentile(pixels, q)`` computed from the pixels' histogram.
+
+    Examples
+    --------
+    >>> pixels = np.array([0, 3, 3, 7, 255], np.uint8)
+    >>> h = np.bincount(pixels, minlength=256)
+    >>> percentile(h, 30) == np.percentile(pixels, 30)
+    True
+    """
+    cum = np.cumsum(hist)
+    index = (q / 100) * (int(cum[-1]) - 1)
+    lo = math.floor(index)
+    a = _order_stat(cum, lo)
+    b = _order_stat(cum, min(lo + 1, int(cum[-1]) - 1))
+    t = index - lo
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t  # numpy's _lerp
+
+
+def summarize(hist: np.ndarray, images: int) -> dict[str, Any]:
+    """Statistics of a group of pixels given their 256-bin histogram.
+
+    Mean and std come from exact integer sums (population std, as ``numpy.std``).
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    n = int(hist.sum())
+    out: dict[str, Any] = {"images": int(images), "pixels": n}
+    if n == 0:
+        return out | dict.fromkeys(("min", "max", "mean", "std", *QUANTILES)) | {
+            "hist": hist.tolist()}
+    values = np.arange(256)
+    s1 = int(hist @ values)
+    s2 = int(hist @ values**2)
+    nonzero = np.flatnonzero(hist)
+    return out | {
+        "min": int(nonzero[0]), "max": int(nonzero[-1]), "mean": s1 / n,
+        "std": math.sqrt((n * s2 - s1 * s1) / (n * n)),
+        **{name: percentile(hist, q) for name, q in QUANTILES.items()},
+        "hist": hist.tolist(),
+    }
+
+
+def class_balance(counts: dict[str, int]) -> dict[str, Any]:
+    """Imbalance ratio (largest/smallest class) and inverse-frequency class weights.
+
+    Weights are ``n_total / (n_classes * n_class)`` (scikit-learn's "balanced"): a
+    weighted loss then gives every class the same total weight.
+
+    Examples
+    --------
+    >>> class_balance({"A": 30, "B": 10})
+    {'imbalance_ratio': 3.0, 'class_weights': {'A': 0.6667, 'B': 2.0}}
+    """
+    present = {c: n for c, n in counts.items() if n > 0}
+    total = sum(present.values())
+    ratio = max(present.values()) / min(present.values()) if present else None
+    weights = {c: round(total / (len(present) * n), 4) for c, n in present.items()}
+    return {"imbalance_ratio": ratio, "class_weights": weights}
+
+
+def compute(store) -> dict[str, Any]:
+    """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`."""
+    classes, splits = store.classes, store.splits
+    labels, split, valid = store.labels.astype(np.int64), store.split.astype(np.int64), store.valid
+    n_class = len(classes)
+    ids = np.where(valid, split * n_class + labels, -1)
+    table = group_histograms(store.hist, ids, len(splits) * n_class)
+    counts = np.bincount(ids[ids >= 0], minlength=len(splits) * n_class)
+    table = table.reshape(len(splits), n_class, 256)
+    counts = counts.reshape(len(splits), n_class)
+    class_counts = {c: int(counts[:, i].sum()) for i, c in enumerate(classes)}
+    return {
+        "images": len(labels), "valid": int(valid.sum()), "failed": int((~valid).sum()),
+        "complete": store.complete,
+        "global": summarize(table.sum(axis=(0, 1)), counts.sum()),
+        "per_class": {c: summarize(table[:, i].sum(0), counts[:, i].sum())
+                      for i, c in enumerate(classes)},
+        "per_split_class": {s: {c: summarize(table[j, i], counts[j, i])
+                                for i, c in enumerate(classes)}
+                            for j, s in enumerate(splits)},
+        "class_counts": class_counts,
+        **class_balance(class_counts),
+    }
