@@ -17,6 +17,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 from .ingest import IngestResult, ingest  # noqa: E402
+from .report import write_report  # noqa: E402  (matplotlib is imported only when called)
 from .scan import Scan, scan  # noqa: E402
 from .store import XrayStore  # noqa: E402
 from .synth import synth_dataset  # noqa: E402
@@ -34,4 +35,4 @@ def open(out: str, storage_options: dict | None = None) -> XrayStore:  # noqa: A
 
 
 __all__ = ["IngestResult", "Scan", "XrayStore", "__version__", "ingest", "open", "scan",
-           "synth_dataset"]
+           "synth_dataset", "write_report"]

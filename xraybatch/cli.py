@@ -1,4 +1,4 @@
-"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect}``.
+"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect,report}``.
 
 Every command reports user errors (missing folder, bad label scheme, existing output...) as
 one line on stderr with exit code 2; ``ingest --strict`` exits 1 when any file failed.
@@ -9,16 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import __version__, decode
-from .ingest import DEFAULT_CHUNK, IngestResult, ingest
+from .ingest import DEFAULT_CHUNK, IngestResult, SchedulerError, ingest
 from .scan import ScanError
 from .store import StoreError, XrayStore
 
@@ -30,6 +32,7 @@ xraybatch ingest chest_xray xray.zarr --interpolation linear --decode exact
 xraybatch ingest data/ out.zarr --labels labels.csv --size 224 --overwrite
 xraybatch ingest /shared/xray /shared/xray.zarr --scheduler tcp://10.0.0.5:8786
 xraybatch ingest chest_xray s3://bucket/xray.zarr   # needs: pip install 'xraybatch[s3]'
+xraybatch ingest chest_xray s3://bucket/xray.zarr --storage-option endpoint_url=http://minio:9000
 xraybatch ingest chest_xray xray.zarr --resume      # after an interruption
 """
 _STAT_COLUMNS = ["images", "pixels", "min", "max", "mean", "std", "median", "p01", "p99"]
@@ -48,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
             xraybatch demo                              # synth -> ingest -> stats, end to end
             xraybatch ingest chest_xray xray.zarr --labels kermany3
             xraybatch stats xray.zarr --by split
+            xraybatch report xray.zarr --out xray-report  # figures + QC, needs xraybatch[plot]
             xraybatch inspect chest_xray/train/NORMAL/IM-0115-0001.jpeg
         """))
     p.add_argument("--version", action="version", version=f"xraybatch {__version__}")
@@ -105,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--strict", action="store_true",
                    help="exit with status 1 if any file could not be stored")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_storage_option(i)
 
     t = sub.add_parser("stats", formatter_class=fmt, help="print a store's exact statistics",
                        description="Print global and per-class pixel statistics of a store.",
@@ -116,15 +121,45 @@ def _parser() -> argparse.ArgumentParser:
                    help="rows per class, or per split x class (default: class)")
     t.add_argument("--json", action="store_true", help="print JSON (global, per_class, "
                                                        "per_split_class, histograms)")
+    _add_storage_option(t)
 
     n = sub.add_parser("inspect", formatter_class=fmt, help="the tutorial's view of one image",
                        description="Height, width, max, min, mean, std and the 256-bin "
                                    "histogram of one image read as 8-bit grayscale.",
                        epilog=_examples("xraybatch inspect IM-0115-0001.jpeg\n"
-                                        "xraybatch inspect IM-0115-0001.jpeg --json"))
+                                        "xraybatch inspect IM-0115-0001.jpeg --json\n"
+                                        "xraybatch inspect IM-0115-0001.jpeg --plot im.png"))
     n.add_argument("image", help="an image file")
     n.add_argument("--json", action="store_true", help="print JSON")
+    n.add_argument("--plot", metavar="FILE.png",
+                   help="also draw the image beside its histogram (needs xraybatch[plot])")
+    n.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+
+    r = sub.add_parser("report", formatter_class=fmt,
+                       help="figures and a quality-control report of a store (HTML)",
+                       description="Write PNG figures (class counts, intensity histograms, a "
+                                   "grid of random images, class mean images, per-image "
+                                   "mean/std) and DIR/index.html showing them with the "
+                                   "statistics tables and the failed, skipped and QC-flagged "
+                                   "files. Needs matplotlib: pip install 'xraybatch[plot]'.",
+                       epilog=_examples("xraybatch report xray.zarr --out xray-report\n"
+                                        "xraybatch report xray.zarr --out xray-report "
+                                        "--seed 3 --overwrite"))
+    r.add_argument("out", help="store written by xraybatch ingest")
+    r.add_argument("--out", dest="dir", metavar="DIR", required=True,
+                   help="folder to write (refused if not empty, unless --overwrite)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="chooses the images of the sample grid (default: 0)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the report files of an existing DIR")
     return p
+
+
+def _add_storage_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-option", type=_storage_option, action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="fsspec option for an OUT URL, repeatable (e.g. "
+                             "endpoint_url=http://127.0.0.1:9000, anon=true)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,15 +167,38 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ScanError, StoreError, FileExistsError, ValueError, ImportError) as e:
+    except (ScanError, StoreError, SchedulerError, OSError, ValueError,
+            ImportError) as e:
         print(f"xraybatch {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except decode.ImageError as e:
         print(f"xraybatch {args.command}: error: {e} [{e.code}]", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"\nxraybatch {args.command}: interrupted", file=sys.stderr)
+        print(f"\nxraybatch {args.command}: interrupted{_resume_hint(args, argv)}",
+              file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
+    """For an interrupted ingest that left a store: the command that finishes it."""
+    if args.command != "ingest" or ("://" not in args.out and not os.path.exists(args.out)):
+        return ""
+    words = [w for w in (sys.argv[1:] if argv is None else argv)
+             if not (w.startswith("--o") and "--overwrite".startswith(w))]
+    command = shlex.join(["xraybatch", *words, *([] if args.resume else ["--resume"])])
+    return f"; {args.out} is incomplete, finish it with: {command}"
+
+
+def _storage_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value); JSON values (true, 3, {...}) are decoded."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -179,7 +237,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     result = ingest(args.src, args.out, size=args.size, labels=args.labels,
                     interpolation=args.interpolation, decode_mode=args.decode, chunk=args.chunk,
                     scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
-                    resume=args.resume, progress=not args.quiet, max_pixels=args.max_pixels)
+                    resume=args.resume, progress=not args.quiet, max_pixels=args.max_pixels,
+                    storage_options=dict(args.storage_option))
     _print_summary(result)
     return EXIT_FAILED_FILES if args.strict and len(result.failures) else 0
 
@@ -201,7 +260,7 @@ def _print_summary(result: IngestResult) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    ds = XrayStore(args.out)
+    ds = XrayStore(args.out, dict(args.storage_option))
     if not ds.complete:
         done, total = ds.progress
         print(f"xraybatch stats: {args.out} is INCOMPLETE: {done} of {total} chunks written "
@@ -229,10 +288,11 @@ def _print_stats(stats: dict, by: str) -> None:
                  for c, s in per.items()]
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
         print(pd.DataFrame(rows).to_string(index=False))
-    weights = ", ".join(f"{c} {w}" for c, w in stats["class_weights"].items())
+    weights = ", ".join(f"{c} {w:.4f}" for c, w in stats["class_weights"].items())
     ratio = stats["imbalance_ratio"]
+    ratio = "n/a (no valid image)" if ratio is None else f"{ratio:.2f}"
     print(f"images {stats['images']} (valid {stats['valid']}, failed {stats['failed']}); "
-          f"imbalance ratio {ratio:.2f}; class weights {weights}")
+          f"imbalance ratio {ratio}; class weights {weights}")
 
 
 def inspect_image(path: str | os.PathLike) -> dict:
@@ -247,6 +307,10 @@ def inspect_image(path: str | os.PathLike) -> dict:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     info = inspect_image(args.image)
+    if args.plot:
+        from .report import plot_inspect
+
+        plot_inspect(args.image, args.plot, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(info))
         return 0
@@ -257,8 +321,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     hist = np.asarray(info["hist"]).reshape(16, 16)
     for row, counts in enumerate(hist):
         print(f"  {row * 16:>3}-{row * 16 + 15:<3} " + " ".join(f"{c:>6}" for c in counts))
+    if args.plot:
+        print(f"image and histogram drawn in {args.plot}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import FIGURES, write_report
+
+    result = write_report(args.out, args.dir, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {result.index} and {len(FIGURES)} figures: {result.n_images} images, "
+          f"{result.n_failed} failed, {result.n_flagged} with QC flags")
     return 0
 
 
 _COMMANDS = {"demo": _cmd_demo, "synth": _cmd_synth, "ingest": _cmd_ingest,
-             "stats": _cmd_stats, "inspect": _cmd_inspect}
+             "stats": _cmd_stats, "inspect": _cmd_inspect, "report": _cmd_report}

@@ -12,8 +12,9 @@ import errno
 import hashlib
 import math
 import os
+import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -25,7 +26,8 @@ REASONS: dict[str, str] = {
     "corrupt": "the header or the compressed data is damaged; the decoder gave up",
     "truncated": "the file ends before its end-of-image marker (a decoder would fill grey)",
     "too_large": "the declared size exceeds the pixel limit (decompression-bomb guard)",
-    "unreadable": "the file cannot be opened or read (permissions, I/O error)",
+    "unreadable": "the file cannot be opened or read (permissions, I/O error) or is not a "
+                  "regular file (a FIFO, a device)",
     "missing": "the file or the target of its symlink does not exist",
     "symlink_loop": "the path is a symbolic link loop",
 }
@@ -58,7 +60,7 @@ class Header:
     """What a file's header declares, read without decoding any pixel."""
 
     format: str  # jpeg, png, bmp, tiff, webp, pgm, ppm
-    height: int = 0  # 0 when the format's header is not parsed here
+    height: int = 0  # as decoded (after Exif orientation); 0 when not parsed here
     width: int = 0
     channels: int = 0  # 1 gray, 3 colour, 4 CMYK or RGBA, 0 unknown
     bitdepth: int = 8
@@ -87,7 +89,10 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     xraybatch.decode.ImageError: file not found: /no/such/file.jpeg
     """
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO named like an image must not hang the worker.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # FIFO, /dev/zero, socket...
+                raise ImageError("unreadable", f"not a regular file: {path}")
             return f.read()
     except OSError as e:
         if e.errno == errno.ELOOP:
@@ -116,10 +121,29 @@ def sniff_format(data: bytes) -> str:
     raise ImageError("not_image", f"not a recognised image format (starts with {data[:4]!r})")
 
 
+def _exif_transposed(app1: bytes) -> bool:
+    """True if an Exif APP1 payload's orientation (5-8) makes OpenCV swap height and width."""
+    order = {b"II": "<", b"MM": ">"}.get(app1[6:8])
+    if order is None:
+        return False
+    tiff = app1[6:]
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):  # IFD0 entries: tag, type, count, value (a SHORT here)
+            tag, _, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112:
+                return value in (5, 6, 7, 8)
+    except struct.error:  # a damaged Exif block: OpenCV ignores it too
+        return False
+    return False
+
+
 def _jpeg_header(data: bytes) -> Header:
     """Walk the JPEG marker segments up to the first start-of-scan."""
     pos, n = 2, len(data)
     frame: Header | None = None
+    transposed = False
     while pos + 4 <= n:
         if data[pos] != 0xFF:
             raise ImageError("corrupt", f"JPEG marker expected at byte {pos}")
@@ -133,6 +157,8 @@ def _jpeg_header(data: bytes) -> Header:
         if marker in _SOF and pos + 10 <= n:
             bits, height, width, ncomp = struct.unpack_from(">BHHB", data, pos + 4)
             frame = Header("jpeg", height, width, ncomp, bits, marker in _PROGRESSIVE)
+        elif marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\x00\x00":
+            transposed = _exif_transposed(data[pos + 4:pos + 2 + length])
         elif marker == 0xDA:  # start of scan: entropy-coded data follows
             if frame is None:
                 raise ImageError("corrupt", "JPEG has no frame header before its scan data")
@@ -141,7 +167,8 @@ def _jpeg_header(data: bytes) -> Header:
                                  f"{frame.width}x{frame.height}x{frame.channels}")
             if data.rfind(b"\xff\xd9", pos) == -1:
                 raise ImageError("truncated", "JPEG ends before its end-of-image marker")
-            return frame
+            # OpenCV applies the Exif orientation: report the size of what it decodes.
+            return replace(frame, height=frame.width, width=frame.height) if transposed else frame
         pos += 2 + length
     raise ImageError("truncated" if frame else "corrupt", "JPEG header ends before scan data")
 

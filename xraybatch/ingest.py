@@ -9,6 +9,7 @@ twice (retry, resume, a worker lost) is written with the same bytes.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import cv2
 import dask
 import numpy as np
 import pandas as pd
+import zarr
 
 from . import decode, store
 from .scan import Scan, scan
@@ -28,6 +30,10 @@ DEFAULT_CHUNK = 32
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 # Attributes that must match for --resume to continue a run.
 _RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels")
+
+
+class SchedulerError(RuntimeError):
+    """The distributed scheduler cannot be reached (reported in one line)."""
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,14 @@ def run_chunk(task: ChunkTask) -> ChunkReport:
     """The Dask task: decode one chunk and write it into the store."""
     # Dask already runs one task per core; OpenCV's own pool would oversubscribe them.
     cv2.setNumThreads(1)
+    try:
+        group = task.ref.open("r+")
+    except FileNotFoundError:
+        raise StoreError(f"{socket.gethostname()} cannot open {task.ref.url}: on a cluster, "
+                         "OUT must be on a file system or object store every worker reaches"
+                         ) from None
     images, hist, records, report = process_chunk(task)
-    store.write_chunk(task.ref.open("r+"), task.index, task.start, images, hist, records)
+    store.write_chunk(group, task.index, task.start, images, hist, records)
     return report
 
 
@@ -125,8 +137,10 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
         start = index * chunk
         spec = ChunkTask(ref, index, start,
                          tuple(os.path.join(root, p) for p in paths[start:start + chunk]), **params)
-        tasks.append(dask.delayed(run_chunk, pure=True)(spec,
-                                                        dask_key_name=f"xraybatch-chunk-{index}"))
+        # The key hashes the whole spec (store, files, parameters): two ingests sharing a
+        # cluster must never be taken for one another's tasks (same key = same result).
+        key = f"xraybatch-chunk-{index}-{dask.base.tokenize(spec)}"
+        tasks.append(dask.delayed(run_chunk, pure=True)(spec, dask_key_name=key))
     return tasks
 
 
@@ -141,11 +155,10 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
         bar = ProgressBar(dt=0.5) if progress else nullcontext()
         with bar:
             return list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers))
-    from distributed import Client
     from distributed import progress as dprogress
 
     owns = isinstance(scheduler, str)
-    client = Client(scheduler, timeout="20s") if owns else scheduler
+    client = _connect(scheduler) if owns else scheduler
     try:
         futures = client.compute(tasks, retries=retries)
         if progress:
@@ -154,6 +167,18 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
     finally:
         if owns:
             client.close()
+
+
+def _connect(address: str):
+    from distributed import Client
+
+    if "://" not in address and ":" not in address:
+        raise ValueError(f"unknown scheduler {address!r}: use threads, processes, sync or a "
+                         "scheduler address such as tcp://HOST:8786")
+    try:
+        return Client(address, timeout=dask.config.get("distributed.comm.timeouts.connect"))
+    except OSError as e:  # also the TimeoutError of an address nobody listens on
+        raise SchedulerError(f"cannot reach the Dask scheduler at {address}: {e}") from None
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
@@ -203,15 +228,15 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
              "interpolation": interpolation, "decode": decode_mode, "max_pixels": max_pixels,
              "n_skipped": len(found.skipped),
              "skipped": found.skipped.head(1000).values.tolist()}
+    store.check_target(ref, overwrite, resume)  # before the lock file touches OUT
     with store.locked(ref):
-        if resume:
-            group, todo = _resume(ref, found, attrs)
-            chunk = int(group.attrs["chunk"])
-        else:
+        group = _resume(ref, found, {**attrs, "size": size}) if resume else None
+        if group is None:  # a new store, or a resumed one whose creation was interrupted
             group = store.create(ref, found.manifest, size=size, chunk=chunk,
                                  classes=found.classes, splits=found.splits, attrs=attrs,
-                                 overwrite=overwrite)
-            todo = list(range(store.n_chunks(len(found.manifest), chunk)))
+                                 overwrite=overwrite or resume)
+        chunk = int(group.attrs["chunk"])
+        todo = [int(i) for i in np.flatnonzero(~store.done_chunks(group))]
         params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
                       decode=decode_mode, max_pixels=max_pixels)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
@@ -222,20 +247,27 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         finally:
             cv2.setNumThreads(threads)
         result = _summarize(ref, found, reports, time.perf_counter() - t0)
+        missing = np.flatnonzero(~store.done_chunks(group))
+        if len(missing):  # never mark a store complete that is not
+            raise StoreError(f"{len(missing)} chunks of {ref.url} were not written (the first "
+                             f"is chunk {missing[0]}); finish it with --resume")
         store.mark_complete(group, _summary_attrs(result))
     return result
 
 
-def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]):
+def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | None:
+    """The interrupted store to finish, or None if its creation never finished."""
     if not ref.exists():
         raise StoreError(f"nothing to resume: {ref.url} does not exist")
     try:
         group = ref.open("r+")
         stored = dict(group.attrs)
-        done = store.done_chunks(group)
     except (FileNotFoundError, KeyError, ValueError):
-        raise StoreError(f"{ref.url} was interrupted before its layout was written; "
-                         "start again with --overwrite") from None
+        return None  # killed before the group existed; create() refuses a foreign folder
+    if not store.is_ours(stored):
+        raise StoreError(f"cannot resume {ref.url}: it is not an xraybatch store")
+    if not store.layout_written(stored):
+        return None  # killed while creating: no chunk was written yet, so start afresh
     for key in _RESUME_KEYS:
         if stored.get(key) != attrs[key]:
             raise StoreError(f"cannot resume {ref.url}: {key} was {stored.get(key)!r}, "
@@ -247,7 +279,7 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]):
         raise StoreError(f"cannot resume {ref.url}: the source files changed since the "
                          "interrupted run; start again with --overwrite")
     group.attrs["complete"] = False
-    return group, [int(i) for i in np.flatnonzero(~done)]
+    return group
 
 
 def _summarize(ref: StoreRef, found: Scan, reports: list[ChunkReport],

@@ -39,10 +39,21 @@ def image_moments(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def robust_z(x: np.ndarray) -> np.ndarray:
-    """|x - median| / (1.4826 MAD); 0 where the spread is 0."""
-    med = np.median(x)
-    mad = 1.4826 * np.median(np.abs(x - med))
-    return np.zeros_like(x) if mad == 0 else np.abs(x - med) / mad
+    """|x - median| / (1.4826 MAD); 0 where the spread is 0.
+
+    When more than half the values are equal the MAD is 0 although others may differ;
+    the mean absolute deviation (scaled by 1.2533 to estimate sigma) then takes its place.
+
+    Examples
+    --------
+    >>> robust_z(np.array([10.0, 10.0, 10.0, 10.0, 50.0])).round(2).tolist()
+    [0.0, 0.0, 0.0, 0.0, 3.99]
+    """
+    dev = np.abs(x - np.median(x))
+    spread = 1.4826 * np.median(dev)
+    if spread == 0:
+        spread = 1.2533 * dev.mean()
+    return np.zeros_like(x) if spread == 0 else dev / spread
 
 
 def add_flags(frame: pd.DataFrame, hist: np.ndarray, size: int) -> pd.DataFrame:
@@ -63,13 +74,10 @@ def add_flags(frame: pd.DataFrame, hist: np.ndarray, size: int) -> pd.DataFrame:
     mean, std = image_moments(hist)
     out["mean"], out["std"] = np.where(valid, mean, np.nan), np.where(valid, std, np.nan)
 
-    hashed = out.sha256.where(out.sha256 != "")
-    first = hashed.groupby(hashed).transform(lambda s: s.index[0])
-    out["duplicate_of"] = np.where(first.notna() & (first != out.index), first, -1).astype(int)
-    counts = hashed.map(hashed.value_counts())
+    out["duplicate_of"], copies = _duplicates(out.sha256.to_numpy(dtype=object))
     suffix = out.path.str.extract(r"(\.[^./]+)$", expand=False).str.lower()
     flags = {
-        "duplicate": counts.fillna(0).to_numpy() > 1,
+        "duplicate": copies > 1,
         "rgb": out.orig_channels.to_numpy() >= 3,
         "small": valid & ((out.orig_height < size) | (out.orig_width < size)).to_numpy(),
         "high_bitdepth": out.orig_bitdepth.to_numpy() > 8,
@@ -86,6 +94,17 @@ def add_flags(frame: pd.DataFrame, hist: np.ndarray, size: int) -> pd.DataFrame:
     table = np.column_stack(list(flags.values()))
     out["qc_flags"] = [",".join(names[row]) for row in table]
     return out
+
+
+def _duplicates(sha256: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each file's first byte-identical copy (-1 if it is the first or unhashed),
+    and the number of copies of each file (0 if unhashed). Vectorised: no per-group loop."""
+    codes, _ = pd.factorize(sha256)
+    _, first, counts = np.unique(codes, return_index=True, return_counts=True)
+    hashed = sha256 != ""
+    rows = np.arange(len(sha256))
+    duplicate_of = np.where(hashed & (first[codes] != rows), first[codes], -1)
+    return duplicate_of.astype(int), np.where(hashed, counts[codes], 0)
 
 
 def _class_outliers(labels: np.ndarray, mean: np.ndarray, std: np.ndarray,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -81,6 +82,7 @@ class StoreRef:
     def open(self, mode: str = "r") -> zarr.Group:
         if self.is_local:
             return zarr.open_group(self.local_path, mode=mode, zarr_format=3)
+        self._check_backend()
         return zarr.open_group(self.url, mode=mode, zarr_format=3,
                                storage_options=self.storage_options or None)
 
@@ -88,7 +90,22 @@ class StoreRef:
         """The fsspec filesystem and path of a remote store."""
         import fsspec
 
+        self._check_backend()
         return fsspec.core.url_to_fs(self.url, **self.storage_options)
+
+    def _check_backend(self) -> None:
+        """Name what to install when fsspec has no backend for the URL's protocol."""
+        import fsspec
+
+        protocol = self.url.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as e:
+            hint = ("s3fs: pip install 'xraybatch[s3]'" if protocol in ("s3", "s3a")
+                    else f"an fsspec backend ({e})")
+            raise ImportError(f"{protocol}:// stores need {hint}") from None
+        except ValueError:
+            raise StoreError(f"unknown storage protocol {protocol}:// in {self.url}") from None
 
     def exists(self) -> bool:
         if self.is_local:
@@ -110,13 +127,24 @@ def chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def _clear(ref: StoreRef) -> None:
-    """Remove an existing store (only a zarr store: never an arbitrary folder)."""
+    """Remove an existing store (only a zarr store: never an arbitrary folder).
+
+    Its ``zarr.json`` is first replaced by that of an empty, incomplete xraybatch group, so
+    an interrupted clear never leaves a store that reads as complete, and ``--overwrite`` or
+    ``--resume`` still accept what it leaves.
+    """
+    stub = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {
+        "xraybatch_version": __version__, "complete": False}}).encode()
     if ref.is_local:
         root = ref.local_path
         names = [n for n in os.listdir(root) if n != LOCK_NAME]
         if names and "zarr.json" not in names:
             raise StoreError(f"{root} exists and is not a zarr store; refusing to overwrite it")
-        for name in names:
+        tmp = os.path.join(root, ".zarr.json.partial")
+        with open(tmp, "wb") as f:
+            f.write(stub)
+        os.replace(tmp, os.path.join(root, "zarr.json"))  # atomic
+        for name in set(names) - {"zarr.json"}:
             target = os.path.join(root, name)
             if os.path.isdir(target) and not os.path.islink(target):
                 shutil.rmtree(target)
@@ -124,8 +152,31 @@ def _clear(ref: StoreRef) -> None:
                 os.remove(target)
     else:
         fs, path = ref.fs()
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        fs.pipe_file(f"{path}/zarr.json", stub)  # one PUT: atomic on object stores
+        for entry in fs.ls(path, detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1] != "zarr.json":
+                fs.rm(entry, recursive=True)
+
+
+def check_target(ref: StoreRef, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse an output that must not be written, before anything (even the lock) touches it.
+
+    Raises :class:`StoreError` if there is nothing to resume, if OUT exists without
+    ``overwrite``, or if ``overwrite`` would replace something that is not a zarr store.
+    """
+    if ref.is_local and os.path.exists(ref.local_path) and not os.path.isdir(ref.local_path):
+        raise StoreError(f"{ref.url} exists and is not a folder")
+    if resume:
+        if not ref.exists():
+            raise StoreError(f"nothing to resume: {ref.url} does not exist")
+        return
+    if not ref.exists() or _is_empty(ref):
+        return
+    if not overwrite:
+        raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it "
+                         "or --resume to finish an interrupted run")
+    if ref.is_local and "zarr.json" not in os.listdir(ref.local_path):
+        raise StoreError(f"{ref.url} exists and is not a zarr store; refusing to overwrite it")
 
 
 def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
@@ -135,13 +186,14 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
 
     Raises :class:`StoreError` if the store exists and ``overwrite`` is false.
     """
+    check_target(ref, overwrite)
     if ref.exists() and not _is_empty(ref):
-        if not overwrite:
-            raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it "
-                             "or --resume to finish an interrupted run")
         _clear(ref)
     n = len(manifest)
     group = ref.open("a")  # not "w", which would delete the lock file too; OUT is empty here
+    # First mark the group as an incomplete xraybatch store: --resume may then redo a
+    # creation that was interrupted, and never mistakes another tool's store for one.
+    group.attrs.update(xraybatch_version=__version__, complete=False)
     common = dict(compressors=ZstdCodec(level=compression_level))
     group.create_array("images", shape=(n, size, size), dtype="uint8", chunks=(chunk, size, size),
                        fill_value=0, dimension_names=("sample", "y", "x"), **common)
@@ -201,6 +253,16 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
         zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
 
 
+def is_ours(attrs: dict[str, Any]) -> bool:
+    """Whether a group's attributes are those of an xraybatch store (set first by create)."""
+    return "xraybatch_version" in attrs
+
+
+def layout_written(attrs: dict[str, Any]) -> bool:
+    """Whether :func:`create` finished (it writes the class names last)."""
+    return "classes" in attrs
+
+
 def done_chunks(group: zarr.Group) -> np.ndarray:
     return group["chunk_done"][:]
 
@@ -225,14 +287,8 @@ def locked(ref: StoreRef) -> Iterator[None]:
         return
     os.makedirs(ref.local_path, exist_ok=True)
     path = os.path.join(ref.local_path, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _lock_file(path, ref.url)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise StoreError(f"{ref.url} is being written by {holder}; "
-                             "wait for that ingest to finish") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         try:
@@ -240,6 +296,25 @@ def locked(ref: StoreRef) -> Iterator[None]:
         finally:  # leave no foreign file in the store (zarr would warn about it)
             os.unlink(path)
     finally:
+        os.close(fd)
+
+
+def _lock_file(path: str, url: str) -> int:
+    """Open and flock the lock file; the descriptor of the locked file."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"{url} is being written by {holder}; "
+                             "wait for that ingest to finish") from None
+        try:  # the holder we waited on may have unlinked the file: then lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
         os.close(fd)
 
 
@@ -324,9 +399,44 @@ class XrayStore:
     def valid(self) -> np.ndarray:
         return self.group["valid"][:]
 
+    @property
+    def chunk(self) -> int:
+        """Images per zarr chunk: reading any one image decompresses its whole chunk."""
+        return int(self.attrs["chunk"])
+
     def array(self, name: str) -> zarr.Array:
         """One zarr array of the store by name (for readers that page through it)."""
         return self.group[name]
+
+    def read_images(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Images of ``rows`` (a slice or integer indices, any order) as a numpy array.
+
+        Only the chunks holding those rows are read and decompressed.
+
+        Examples
+        --------
+        >>> ds.read_images(slice(0, 32)).shape   # doctest: +SKIP
+        (32, 256, 256)
+        >>> ds.read_images(np.array([7, 3])).shape  # doctest: +SKIP
+        (2, 256, 256)
+        """
+        images = self.group["images"]
+        if isinstance(rows, slice):
+            return images[rows]
+        return images.get_orthogonal_selection((np.asarray(rows), slice(None), slice(None)))
+
+    def to_torch(self, split: str | list[str] | None = None, **kwargs: Any):
+        """A PyTorch ``Dataset`` of this store (see :class:`xraybatch.torch_dataset.XrayDataset`).
+
+        Examples
+        --------
+        >>> train = xraybatch.open("xray.zarr").to_torch(split="train")  # doctest: +SKIP
+        >>> image, label = train[0]  # (1, size, size) float32 in [0, 1], int  # doctest: +SKIP
+        """
+        from .torch_dataset import XrayDataset
+
+        return XrayDataset(self.ref.url, split, storage_options=self.ref.storage_options,
+                           **kwargs)
 
     @property
     def manifest(self) -> pd.DataFrame:
@@ -359,6 +469,10 @@ class XrayStore:
         ds = xr.open_zarr(self.ref.local_path if self.ref.is_local else self.ref.url,
                           consolidated=False, zarr_format=3, **kwargs)
         ds = ds.drop_vars("chunk_done")
+        # numpy's StringDType (how zarr v3 strings arrive) breaks xarray operations that
+        # promote dtypes, such as ds.where(..., drop=True): object is xarray's string type.
+        ds = ds.assign({name: var.astype(object) for name, var in ds.data_vars.items()
+                        if var.dtype.kind == "T"})
         return ds.assign_coords(
             class_name=("sample", np.asarray(self.classes)[self.labels]),
             split_name=("sample", np.asarray(self.splits)[self.split]),

@@ -1,0 +1,253 @@
+"""Turn the results of ``run.py`` into Markdown tables and a plot."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+STAGES = ("read", "hash", "header", "decode", "resize", "hist", "write")
+MB = 1e6
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def _db(x: float | None) -> str:
+    return "identical" if x is None else f"{x:.1f} dB"
+
+
+def _find(rows: list[dict], prefix: str) -> dict | None:
+    return next((r for r in rows if r["config"].startswith(prefix) and "error" not in r), None)
+
+
+def main_table(results: dict) -> str:
+    rows = results["main"]
+    tut = _find(rows, "tutorial loop")
+    lim = _find(rows, "decode-only limit")
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["config"], "failed: " + r["error"]] + [""] * 8)
+            continue
+        sched = r.get("schedule", {})
+        setup = f" (+{r['setup_seconds']:.1f} s start)" if r.get("setup_seconds", 0) > 0.05 \
+            else ""
+        out.append([
+            r["config"], f"{r['images_per_second']:.0f}{setup}", f"{r['mb_per_second']:.1f}",
+            f"{tut['seconds'] / r['seconds']:.2f}x" if tut else "",
+            f"{lim['seconds'] / r['seconds']:.2f}" if lim else "",
+            f"{r['peak_rss'] / MB:.0f}", _pct(sched.get("sched_overhead")),
+            _pct(sched.get("tail_fraction")), f"{100 * r['spread']:.0f}%", r["check"]])
+    return _table(["configuration", "images/s", "JPEG MB/s", "vs tutorial", "of decode limit",
+                   "peak RSS MB", "sched. overhead", "end idle", "spread", "output"], out)
+
+
+def profile_table(results: dict) -> str:
+    prof = results["profile"]
+    rows = []
+    totals = {m: sum(p["stages"].values()) for m, p in prof.items()}
+    for stage in STAGES:
+        row = [stage]
+        for mode in ("exact", "fast"):
+            s = prof[mode]["stages"][stage]
+            row += [f"{1000 * s / prof[mode]['n']:.3f}", _pct(s / totals[mode])]
+        rows.append(row)
+    rows.append(["**total**"] + [x for m in ("exact", "fast") for x in
+                                 (f"**{1000 * totals[m] / prof[m]['n']:.3f}**", "100%")])
+    text = _table(["stage (serial, 1 thread)", "exact ms/image", "share", "fast ms/image",
+                   "share"], rows)
+    by_class = [[c, v["n"]] + [f"{1000 * prof[m]['per_class'][c]['seconds'] / v['n']:.2f}"
+                               for m in ("exact", "fast")]
+                for c, v in prof["exact"]["per_class"].items()]
+    return text + "\n\n" + _table(["class", "images", "exact ms/image (read..hist)",
+                                   "fast ms/image (read..hist)"], by_class)
+
+
+def quality_table(results: dict) -> str:
+    q = results["quality"]
+    per = q["per_image"]
+    fast = [p["fast_psnr"] for p in per if p["fast_psnr"] is not None]
+    return _table(
+        ["against exact decode + INTER_AREA", "overall PSNR", "worst image", "median image",
+         "max abs diff"],
+        [["fast (DCT-scaled decode + INTER_AREA)", _db(q["fast_psnr"]),
+          _db(min(fast)) if fast else "identical",
+          _db(statistics.median(fast)) if fast else "identical", q["fast_maxdiff"]],
+         ["tutorial (full decode + bilinear)", _db(q["tutorial_psnr"]),
+          _db(min(p["tutorial_psnr"] for p in per if p["tutorial_psnr"] is not None)),
+          _db(statistics.median(p["tutorial_psnr"] for p in per
+                                if p["tutorial_psnr"] is not None)), q["tutorial_maxdiff"]]])
+
+
+def targets(results: dict) -> list[list[str]]:
+    """The issue's targets, evaluated on the default scheduler (threads)."""
+    rows = results["main"]
+    tut, lim = _find(rows, "tutorial loop"), _find(rows, "decode-only limit")
+    fast, exact = _find(rows, "xraybatch fast, threads"), _find(rows, "xraybatch exact, threads")
+    out = []
+
+    def add(name: str, value: float | None, goal: float, fmt: str, lower: bool = False):
+        if value is None:
+            out.append([name, "not measured", f"{fmt.format(goal)}", ""])
+            return
+        met = value <= goal if lower else value >= goal
+        out.append([name, fmt.format(value), ("<= " if lower else ">= ") + fmt.format(goal),
+                    "met" if met else "**missed**"])
+
+    add("fast ingest / decode-only limit",
+        lim["seconds"] / fast["seconds"] if fast and lim else None, 0.85, "{:.2f}")
+    add("fast ingest / tutorial loop",
+        tut["seconds"] / fast["seconds"] if fast and tut else None, 1.9, "{:.2f}x")
+    add("exact ingest / tutorial loop",
+        tut["seconds"] / exact["seconds"] if exact and tut else None, 1.25, "{:.2f}x")
+    add("fast quality, overall PSNR vs exact", results["quality"]["fast_psnr"], 40, "{:.1f} dB")
+    scaling = results["sweeps"].get("scaling")
+    if scaling:
+        s = {r["config"]: r for r in scaling if "error" not in r}
+        one, two = s.get("fast threads (1)"), s.get("fast threads (2)")
+        add("throughput gain per added core, 1 -> 2 workers (fast)",
+            one["seconds"] / two["seconds"] - 1 if one and two else None, 0.9, "{:.2f}")
+    memory = [r for r in results["sweeps"].get("memory", [])
+              if r["config"].startswith("xraybatch") and "error" not in r]
+    if len(memory) > 1:
+        rss = [r["peak_rss"] for r in memory]
+        add(f"peak RSS growth, {memory[0]['n']} -> {memory[-1]['n']} images",
+            max(rss) / min(rss) - 1, 0.2, "{:.0%}", lower=True)
+    if fast:
+        add("scheduling overhead (graph build + dispatch) / run, fast threads",
+            fast["schedule"]["sched_overhead"], 0.02, "{:.1%}", lower=True)
+    return out
+
+
+def schedule_table(results: dict) -> str:
+    rows = []
+    for r in results["main"]:
+        s = r.get("schedule")
+        if not s:
+            continue
+        rows.append([r["config"], s["tasks"], f"{r['seconds']:.3f}", f"{s['compute_seconds']:.3f}",
+                     f"{1000 * s['graph_seconds']:.1f}", f"{s['dispatch_seconds']:.3f}",
+                     f"{s['tail_seconds']:.3f}", f"{s['task_seconds']:.3f}",
+                     f"{s['task_seconds_max']:.3f}"])
+    return _table(["configuration", "tasks", "run s", "compute s", "graph build ms",
+                   "dispatch s", "end idle s", "sum of task s", "longest task s"], rows)
+
+
+def sweep_table(name: str, rows: list[dict]) -> str:
+    if name == "memory":
+        return _table(["images", "configuration", "images/s", "peak RSS MB"],
+                      [[r["n"], r["config"], f"{r.get('images_per_second', 0):.0f}",
+                        f"{r['peak_rss'] / MB:.0f}" if "peak_rss" in r else r.get("error")]
+                       for r in rows])
+    base = next((r for r in rows if "error" not in r), None)
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["config"], "failed: " + r["error"], "", "", "", ""])
+            continue
+        s = r.get("schedule", {})
+        out.append([r["config"], f"{r['images_per_second']:.0f}",
+                    f"{base['seconds'] / r['seconds']:.2f}", f"{r['peak_rss'] / MB:.0f}",
+                    _pct(s.get("tail_fraction")), f"{r.get('store_bytes', 0) / MB:.1f}"
+                    if r.get("store_bytes") else "", r["check"]])
+    return _table(["variant", "images/s", "speed vs first", "peak RSS MB", "end idle",
+                   "store MB", "output"], out)
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    main = results["main"]
+    n = next((r["n"] for r in main if "n" in r), 0)
+    mb = next((r["input_bytes"] for r in main if "input_bytes" in r), 0) / MB
+    st = results["settings"]
+    parts = [
+        f"Machine: {m['cores']} cores, {m['cpu']}; Python {m['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+        + f". Date: {m['date']}. Load average at start {m['load_avg_start'][0]:.2f}, "
+          f"at end {m.get('load_avg_end', [float('nan')])[0]:.2f}.",
+        f"Data: `{results['src']}`: {n} images, {mb:.1f} MB of JPEG. Output "
+        f"{st['size']} px, {st['interpolation']} interpolation, chunk {st['chunk']}, "
+        f"{st['workers']} workers. Median of {st['repeat']} interleaved "
+        "runs, each in a fresh process (imports and the folder scan not timed; xraybatch "
+        "times include scan, store creation, writing and finishing the store).",
+        f"Command: `{results['command']}`",
+        "### Throughput\n\n" + main_table(results),
+        "Peak RSS: largest sum of the RSS of the measuring process and all its descendants "
+        "(pool, dask and cluster workers), sampled every 50 ms, never below the main "
+        "process's own high-water mark. Shared pages are counted once per process, so it is "
+        "an upper bound. Distributed: the LocalCluster start-up is shown apart and not in "
+        "images/s; the processes scheduler starts its pool inside each run.",
+        "### Targets (threads scheduler)\n\n" + _table(["target", "measured", "goal", ""],
+                                                      targets(results)),
+        "### Where the time goes\n\n" + profile_table(results),
+        "### Scheduling\n\n" + schedule_table(results)
+        + "\n\ndispatch: worker-time not spent in tasks before the last task ends (start-up, "
+          "gaps, gathering), per worker; end idle: workers waiting for the last tasks (load "
+          "balance). Task times are measured inside each task.",
+        "### Quality of fast mode\n\n" + quality_table(results),
+    ]
+    for name, rows in results["sweeps"].items():
+        parts.append(f"### Sweep: {name}\n\n" + sweep_table(name, rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot(results: dict, path: Path) -> str:
+    """Write the plot; say what to install when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "plot skipped: matplotlib is not installed (pip install 'xraybatch[bench]')"
+    sweeps = results["sweeps"]
+    panels = 1 + ("scaling" in sweeps) + ("memory" in sweeps)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
+    ax = axes[0][0]
+    ok = [r for r in results["main"] if "error" not in r]
+    ax.barh([r["config"] for r in ok], [r["images_per_second"] for r in ok], color="tab:blue")
+    ax.invert_yaxis()
+    ax.set_xlabel("images/s (median)")
+    ax.set_title("Throughput")
+    k = 1
+    if "scaling" in sweeps:
+        ax = axes[0][k]
+        k += 1
+        series: dict[str, list[tuple[int, float]]] = {}
+        for r in sweeps["scaling"]:
+            if "error" in r:
+                continue
+            name, w = r["config"].rsplit(" (", 1)
+            series.setdefault(name, []).append((int(w.rstrip(")")), r["images_per_second"]))
+        for name, pts in series.items():
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=name)
+        ax.set_xlabel("workers")
+        ax.set_ylabel("images/s")
+        ax.set_title("Scaling")
+        ax.legend()
+    if "memory" in sweeps:
+        ax = axes[0][k]
+        series = {}
+        for r in sweeps["memory"]:
+            if "peak_rss" in r:
+                series.setdefault(r["config"], []).append((r["n"], r["peak_rss"] / MB))
+        for name, pts in series.items():
+            ax.plot(*zip(*sorted(pts), strict=True), marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("images")
+        ax.set_ylabel("peak RSS (MB)")
+        ax.set_title("Memory")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plot: {path}"

@@ -1,0 +1,495 @@
+"""The measured workloads. Each measurement runs in a fresh process started by ``run.py``.
+
+A child process reads a JSON spec from its command line, runs one workload and prints one
+JSON line: the wall time of the timed region, what it read, a digest of the array it
+produced (so the parent can check it against a serial reference) and, for xraybatch
+ingest, a scheduling breakdown from timestamps taken inside every chunk task.
+
+Workloads (``spec["kind"]``):
+
+``tutorial``      the tutorial's serial loop: ``cv2.imread(GRAYSCALE)`` + ``cv2.resize``
+                  (default bilinear) appended to a list, then ``np.array``.
+``pool``          the same per-file function through a plain ``multiprocessing.Pool.map``.
+``decode_limit``  read the bytes, parse the header, DCT-scaled decode: nothing else
+                  (no resize, hash, histogram or write), on a thread pool of ``workers``.
+``ingest``        ``xraybatch.ingest`` with a decode mode and a scheduler.
+``reference``     serial, untimed: digests of the reference arrays and fast-vs-exact quality.
+``profile``       serial, one thread: where the time goes per stage of the ingest pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import math
+import multiprocessing
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import dask
+import numpy as np
+
+import xraybatch
+from xraybatch import decode, store
+
+# The package exports the function ``ingest``, which hides the module of the same name.
+ingest_mod = importlib.import_module("xraybatch.ingest")
+
+_RUN_CHUNK = ingest_mod.run_chunk  # the real task function, before any instrumentation
+_CV_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+               4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_CV_INTER = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+
+
+# --- the source files ------------------------------------------------------------------------
+
+
+def source_files(src: str, limit: int | None = None) -> tuple[list[str], list[int], list[str]]:
+    """Absolute paths, sizes and class names in the order xraybatch stores them.
+
+    Every workload gets the same order, so every output array can be compared byte for byte.
+    ``limit`` keeps an evenly spaced subset (for the profile of a large folder).
+    """
+    manifest = xraybatch.scan(src, "folder").manifest
+    if limit and len(manifest) > limit:
+        manifest = manifest.iloc[np.linspace(0, len(manifest) - 1, limit).astype(int)]
+    root = os.path.abspath(src)
+    return ([os.path.join(root, p) for p in manifest.path], manifest.bytes.tolist(),
+            manifest.class_name.tolist())
+
+
+def _digest(blocks) -> str:
+    """SHA-256 of a sequence of uint8 arrays, as if they were concatenated into one array."""
+    h = hashlib.sha256()
+    for block in blocks:
+        h.update(np.ascontiguousarray(block).tobytes())
+    return h.hexdigest()
+
+
+# --- the tutorial loop and its plain parallel version ------------------------------------------
+
+
+def tutorial_one(path: str, size: int) -> np.ndarray:
+    """One file as the tutorial loads it (an unreadable file becomes zeros, as in the store)."""
+    image = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        return np.zeros((size, size), np.uint8)
+    return cv2.resize(image, (size, size))
+
+
+def tutorial(paths: list[str], size: int) -> np.ndarray:
+    images = []
+    for path in paths:
+        images.append(tutorial_one(path, size))
+    return np.array(images)
+
+
+def pool(paths: list[str], size: int, workers: int) -> np.ndarray:
+    with multiprocessing.Pool(workers) as p:
+        return np.array(p.map(functools.partial(tutorial_one, size=size), paths))
+
+
+# --- the decode-only limit --------------------------------------------------------------------
+
+
+def _decode_only(path: str, size: int) -> int:
+    data = decode.read_bytes(path)
+    header = decode.read_header(data)
+    return decode.decode_gray(data, header, decode.dct_scale(header, size)).size
+
+
+def decode_limit(paths: list[str], size: int, workers: int) -> int:
+    """Decoded pixels; threads suffice because OpenCV releases the GIL while decoding."""
+    with ThreadPoolExecutor(workers) as ex:
+        return sum(ex.map(functools.partial(_decode_only, size=size), paths))
+
+
+# --- xraybatch ingest, instrumented -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TimedReport(ingest_mod.ChunkReport):
+    """A chunk report plus when and where the task ran (wall clock, same on every worker)."""
+
+    started: float = 0.0
+    ended: float = 0.0
+    worker: str = ""
+
+
+def timed_run_chunk(task: ingest_mod.ChunkTask, cv_threads: int | None = None,
+                    writer: str | None = None) -> TimedReport:
+    """``run_chunk`` with timestamps; the tuning sweeps can replace its OpenCV thread count
+    (``cv2.setNumThreads(1)``) and its store writer (see :data:`WRITERS`)."""
+    started = time.time()
+    if cv_threads is None and writer is None:
+        report = _RUN_CHUNK(task)
+    else:
+        cv2.setNumThreads(cv_threads or 1)
+        images, hist, records, report = ingest_mod.process_chunk(task)
+        WRITERS[writer or "product"](task, images, hist, records)
+    return TimedReport(**dataclasses.asdict(report), started=started, ended=time.time(),
+                       worker=f"{os.getpid()}-{threading.get_ident()}")
+
+
+def _write_product(task, images, hist, records) -> None:
+    store.write_chunk(task.ref.open("r+"), task.index, task.start, images, hist, records)
+
+
+def _write_gather(task, images, hist, records, write_empty: bool = True) -> None:
+    """The same writes as ``store.write_chunk``, issued concurrently in one event-loop trip
+    (zarr's async API), optionally without zarr's is-the-chunk-empty check."""
+    import asyncio
+
+    import zarr.api.asynchronous as za
+    from zarr.core.sync import sync
+
+    names = ["images", "hist", *store.RECORD_ARRAYS]
+    values = [images, hist, *(records[n] for n in store.RECORD_ARRAYS)]
+    region = slice(task.start, task.start + len(images))
+
+    async def write() -> None:
+        group = await za.open_group(task.ref.local_path, mode="r+", zarr_format=3)
+        arrays = await asyncio.gather(*(group.getitem(n) for n in names))
+        arrays = [a.with_config({"write_empty_chunks": write_empty}) for a in arrays]
+        await asyncio.gather(*(a.setitem(region, v) for a, v in zip(arrays, values,
+                                                                    strict=True)))
+        done = await group.getitem("chunk_done")
+        await done.setitem(task.index, True)  # last, as in store.write_chunk
+
+    sync(write())
+
+
+def _write_empty(task, images, hist, records) -> None:
+    """``store.write_chunk`` without zarr's is-the-chunk-empty check on every array."""
+    group = task.ref.open("r+")
+    stop = task.start + len(images)
+    for name, value in (("images", images), ("hist", hist), *records.items()):
+        group[name].with_config({"write_empty_chunks": True})[task.start:stop] = value
+    group["chunk_done"][task.index] = True
+
+
+WRITERS = {"product": _write_product, "empty": _write_empty,
+           "gather": functools.partial(_write_gather, write_empty=False),
+           "gather+empty": _write_gather}
+
+
+def _codec(name: str):
+    """A compressor for the tuning sweep (``store.create`` builds ``ZstdCodec(level=...)``)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "none":
+        return lambda level: None
+    if name.startswith("zstd"):
+        return lambda level: ZstdCodec(level=int(name[4:]))
+    if name.startswith("blosc-lz4"):
+        return lambda level: BloscCodec(cname="lz4", clevel=int(name[9:] or 5), shuffle="noshuffle")
+    raise ValueError(f"unknown codec {name!r}")
+
+
+class _Instrument:
+    """Wrap the ingest stages (module globals) to time them; patches this process only."""
+
+    def __init__(self, spec: dict[str, Any], weights: list[int]) -> None:
+        self.times: dict[str, float] = {}
+        self.window = (0.0, 0.0)
+        self.spec, self.weights = spec, weights
+
+    def __enter__(self) -> _Instrument:
+        self.saved = {name: getattr(ingest_mod, name) for name in
+                      ("build_tasks", "compute", "run_chunk", "scan")}
+        self.saved_codec = store.ZstdCodec
+        spec, saved = self.spec, self.saved
+
+        def build_tasks(ref, root, paths, chunks, chunk, **params):
+            t0 = time.perf_counter()
+            if spec.get("order") == "heavy":
+                tasks = _heavy_first(ref, root, paths, chunks, chunk, self.weights, **params)
+            else:
+                tasks = saved["build_tasks"](ref, root, paths, chunks, chunk, **params)
+            self.times["graph"] = time.perf_counter() - t0
+            return tasks
+
+        def compute(*args, **kwargs):
+            t0 = time.time()
+            try:
+                return saved["compute"](*args, **kwargs)
+            finally:
+                self.window = (t0, time.time())
+
+        def scan(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return saved["scan"](*args, **kwargs)
+            finally:
+                self.times["scan"] = time.perf_counter() - t0
+
+        ingest_mod.build_tasks, ingest_mod.compute, ingest_mod.scan = build_tasks, compute, scan
+        ingest_mod.run_chunk = functools.partial(timed_run_chunk, cv_threads=spec.get(
+            "cv_threads"), writer=spec.get("writer"))
+        if spec.get("codec"):
+            store.ZstdCodec = _codec(spec["codec"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, value in self.saved.items():
+            setattr(ingest_mod, name, value)
+        store.ZstdCodec = self.saved_codec
+
+
+def _heavy_first(ref, root, paths, chunks, chunk, weights, **params) -> list:
+    """``build_tasks``, but dask runs the chunks with the most JPEG bytes first.
+
+    Dask orders independent tasks by key name, last name first (the list order does not
+    matter), so the keys are named by rank of ascending weight.
+    """
+    def weight(i: int) -> int:
+        return sum(weights[i * chunk:(i + 1) * chunk])
+
+    tasks = []
+    for rank, index in enumerate(sorted(chunks, key=weight)):
+        start = index * chunk
+        task = ingest_mod.ChunkTask(ref, index, start, tuple(os.path.join(root, p) for p in
+                                                             paths[start:start + chunk]),
+                                    **params)
+        tasks.append(dask.delayed(ingest_mod.run_chunk, pure=True)(
+            task, dask_key_name=f"xraybatch-chunk-{rank:06d}"))
+    return tasks
+
+
+def _schedule(reports: list[TimedReport], workers: int, window: tuple[float, float],
+              graph: float, wall: float) -> dict[str, float]:
+    """Split the compute window into task time, dispatch overhead and end-of-run idle.
+
+    ``workers x window`` = task time + dispatch (start-up, gaps between tasks, gathering)
+    + tail (a worker idle after its last task while another still runs: load imbalance).
+    """
+    c0, c1 = window
+    last_end: dict[str, float] = {}
+    for r in reports:
+        last_end[r.worker] = max(last_end.get(r.worker, c0), r.ended)
+    end = max(last_end.values(), default=c1)
+    busy = sum(r.ended - r.started for r in reports)
+    tail = sum(end - e for e in last_end.values()) + max(0, workers - len(last_end)) * (end - c0)
+    dispatch = workers * (c1 - c0) - busy - tail
+    return {"tasks": len(reports), "task_seconds": busy, "compute_seconds": c1 - c0,
+            "graph_seconds": graph, "dispatch_seconds": dispatch / workers,
+            "tail_seconds": tail / workers,
+            "sched_overhead": (graph + dispatch / workers) / wall,
+            "tail_fraction": tail / workers / wall,
+            "task_seconds_max": max((r.ended - r.started for r in reports), default=0.0)}
+
+
+def _store_digest(out: str) -> tuple[str, int]:
+    group = store.StoreRef(out).open("r")
+    images, chunk = group["images"], int(group.attrs["chunk"])
+    blocks = (images[a:b] for a, b in store.chunk_bounds(images.shape[0], chunk))
+    return _digest(blocks), int(group["valid"][:].sum())
+
+
+def run_ingest(spec: dict[str, Any], weights: list[int]) -> dict[str, Any]:
+    workers = spec["workers"]
+    out = os.path.join(tempfile.mkdtemp(prefix="xb-bench-", dir=spec.get("tmp")), "out.zarr")
+    cluster = client = None
+    try:
+        t0 = time.perf_counter()
+        scheduler: Any = spec["scheduler"]
+        if scheduler == "distributed":
+            import logging
+
+            from distributed import Client, LocalCluster
+
+            tpw = spec.get("threads_per_worker", 1)
+            cluster = LocalCluster(n_workers=max(1, workers // tpw), threads_per_worker=tpw,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+            scheduler = client = Client(cluster)
+        setup = time.perf_counter() - t0
+        params = dict(size=spec["size"], labels="folder", interpolation=spec["interpolation"],
+                      decode_mode=spec["mode"], scheduler=scheduler, workers=workers)
+        if spec.get("chunk"):
+            params["chunk"] = spec["chunk"]
+        with _Instrument(spec, weights) as inst:
+            t0 = time.perf_counter()
+            result = xraybatch.ingest(spec["src"], out, **params)
+            wall = time.perf_counter() - t0
+        digest, n_valid = _store_digest(out)
+        return {"seconds": wall, "setup_seconds": setup, "digest": digest, "n_valid": n_valid,
+                "schedule": _schedule(result.reports, workers, inst.window,
+                                      inst.times["graph"], wall),
+                "scan_seconds": inst.times["scan"],
+                "store_bytes": _du(out)}
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
+        shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+
+
+def _du(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+# --- references and quality (untimed) ---------------------------------------------------------
+
+
+def reference_fast(path: str, size: int, interpolation: str) -> np.ndarray | None:
+    """The reduced-decode reference, from OpenCV alone: the largest libjpeg scale 1/2..1/8
+    whose output keeps both sides >= size, then the resize."""
+    full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if full is None:
+        return None
+    scale = 1
+    with open(path, "rb") as f:
+        if f.read(3) == b"\xff\xd8\xff":
+            scale = next((s for s in (8, 4, 2) if min(-(-full.shape[0] // s),
+                                                     -(-full.shape[1] // s)) >= size), 1)
+    image = full if scale == 1 else cv2.imread(path, _CV_REDUCED[scale])
+    return cv2.resize(image, (size, size), interpolation=_CV_INTER[interpolation])
+
+
+def reference(paths: list[str], size: int, interpolation: str) -> dict[str, Any]:
+    """Serial cv2 references for every output, and the quality of fast against exact."""
+    hashes = {k: hashlib.sha256() for k in ("tutorial", "exact", "fast")}
+    per_image = []
+    sq = {"fast": 0.0, "tutorial": 0.0}
+    maxdiff = {"fast": 0, "tutorial": 0}
+    for path in paths:
+        full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        zero = np.zeros((size, size), np.uint8)
+        exact = zero if full is None else cv2.resize(full, (size, size),
+                                                     interpolation=_CV_INTER[interpolation])
+        tut = zero if full is None else cv2.resize(full, (size, size))
+        fast = reference_fast(path, size, interpolation)
+        fast = zero if fast is None else fast
+        for name, image in (("tutorial", tut), ("exact", exact), ("fast", fast)):
+            hashes[name].update(image.tobytes())
+        row = {"path": path}
+        for name, image in (("fast", fast), ("tutorial", tut)):
+            diff = image.astype(np.int32) - exact
+            mse = float(np.mean(diff.astype(np.float64) ** 2))
+            sq[name] += mse
+            maxdiff[name] = max(maxdiff[name], int(np.abs(diff).max()))
+            row[f"{name}_psnr"] = psnr(mse)
+            row[f"{name}_maxdiff"] = int(np.abs(diff).max())
+        row["full_shape"] = None if full is None else list(full.shape)
+        per_image.append(row)
+    n = max(len(paths), 1)
+    return {"digests": {k: h.hexdigest() for k, h in hashes.items()},
+            "quality": {"fast_psnr": psnr(sq["fast"] / n), "fast_maxdiff": maxdiff["fast"],
+                        "tutorial_psnr": psnr(sq["tutorial"] / n),
+                        "tutorial_maxdiff": maxdiff["tutorial"], "per_image": per_image}}
+
+
+def psnr(mse: float) -> float | None:
+    """PSNR in dB for 8-bit images; None (JSON-safe) for identical images."""
+    return None if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+# --- where the time goes ----------------------------------------------------------------------
+
+
+def profile(paths: list[str], classes: list[str], size: int, interpolation: str, mode: str,
+            chunk: int, tmp: str | None) -> dict[str, Any]:
+    """Serial, one OpenCV thread: seconds per stage summed over the images, and per class."""
+    cv2.setNumThreads(1)
+    stages = dict.fromkeys(("read", "hash", "header", "decode", "resize", "hist", "write"), 0.0)
+    by_class: dict[str, list[float]] = {}
+
+    def timed(stage: str, fn, *args):
+        t0 = time.perf_counter()
+        value = fn(*args)
+        stages[stage] += time.perf_counter() - t0
+        return value
+
+    for path, cls in zip(paths, classes, strict=True):
+        t_img = time.perf_counter()
+        try:
+            data = timed("read", decode.read_bytes, path)
+            timed("hash", decode.content_hash, data)
+            header = timed("header", decode.read_header, data)
+            scale = decode.dct_scale(header, size) if mode == "fast" else 1
+            image = timed("decode", decode.decode_gray, data, header, scale)
+            small = timed("resize", decode.resize, image, size, interpolation)
+            timed("hist", decode.histogram, small)
+        except decode.ImageError:
+            pass
+        by_class.setdefault(cls, []).append(time.perf_counter() - t_img)
+    stages["write"] = _write_time(paths, size, interpolation, mode, chunk, tmp)
+    return {"n": len(paths), "stages": stages,
+            "per_class": {c: {"n": len(v), "seconds": sum(v)} for c, v in by_class.items()}}
+
+
+def _write_time(paths, size, interpolation, mode, chunk, tmp) -> float:
+    """Seconds in ``store.write_chunk`` (compress + zarr + file) for all the chunks."""
+    root = tempfile.mkdtemp(prefix="xb-prof-", dir=tmp)
+    try:
+        import pandas as pd
+
+        ref = store.StoreRef(os.path.join(root, "p.zarr"))
+        manifest = pd.DataFrame({"path": paths, "split": "train", "label": 0, "bytes": 0})
+        store.create(ref, manifest, size=size, chunk=chunk, classes=["x"], splits=["train"],
+                     attrs={})
+        total = 0.0
+        for index, (a, b) in enumerate(store.chunk_bounds(len(paths), chunk)):
+            task = ingest_mod.ChunkTask(ref, index, a, tuple(paths[a:b]), size, interpolation,
+                                        mode, decode.MAX_PIXELS)
+            images, hist, records, _ = ingest_mod.process_chunk(task)
+            t0 = time.perf_counter()
+            store.write_chunk(ref.open("r+"), index, a, images, hist, records)
+            total += time.perf_counter() - t0
+        return total
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the child process ------------------------------------------------------------------------
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one workload described by ``spec``; the timed region excludes imports and the scan."""
+    kind, size, workers = spec["kind"], spec["size"], spec.get("workers", 1)
+    paths, weights, classes = source_files(spec["src"], spec.get("limit"))
+    result: dict[str, Any] = {"n": len(paths), "input_bytes": int(sum(weights))}
+    if kind == "ingest":
+        result.update(run_ingest(spec, weights))
+    elif kind == "reference":
+        result.update(reference(paths, size, spec["interpolation"]))
+    elif kind == "profile":
+        result.update(profile(paths, classes, size, spec["interpolation"], spec["mode"],
+                              spec["chunk"], spec.get("tmp")))
+    else:
+        t0 = time.perf_counter()
+        if kind == "tutorial":
+            out = tutorial(paths, size)
+        elif kind == "pool":
+            out = pool(paths, size, workers)
+        elif kind == "decode_limit":
+            out = decode_limit(paths, size, workers)
+        else:
+            raise ValueError(f"unknown workload {kind!r}")
+        result["seconds"] = time.perf_counter() - t0
+        result["digest"] = _digest([out]) if isinstance(out, np.ndarray) else None
+    for who in ("self", "children"):
+        usage = resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}"))
+        result[f"maxrss_{who}"] = usage.ru_maxrss * 1024  # kB on Linux
+    return result
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(run(spec)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
