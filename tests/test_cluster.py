@@ -34,7 +34,8 @@ import os, sys, time
 import xraybatch  # noqa: F401
 
 ingest = sys.modules["xraybatch.ingest"]
-process_chunk = ingest.process_chunk
+# distributed imports a preload file twice: wrap the original function only once
+process_chunk = ingest.__dict__.setdefault("_unpatched_process_chunk", ingest.process_chunk)
 log = os.path.join(os.environ["XRB_TEST_LOG"], f"{os.getpid()}.log")
 
 

@@ -73,7 +73,7 @@ def test_html_shows_every_figure_and_table(store: xraybatch.XrayStore,
             assert f"<td>{split} / {name}</td>\n      <td>{s['images']}</td>" in page
     assert f"{stats['global']['mean']:.2f}" in page
     for weight in stats["class_weights"].values():
-        assert f"<td>{weight}</td>" in page
+        assert f"<td>{weight:.4f}</td>" in page
     failed = manifest[~manifest.valid]
     assert list(failed.path) == ["train/PNEUMONIA/person9998_virus_1.jpeg"]
     assert f"<td>{failed.path.iloc[0]}</td>\n      <td>{failed.status.iloc[0]}</td>" in page

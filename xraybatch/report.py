@@ -137,7 +137,7 @@ def plot_class_counts(stats: dict[str, Any], classes: list[str], splits: list[st
                       color=SPLIT_COLORS.get(split, "#888888"),
                       label=f"{split} ({counts[j].sum()})")
         ax.bar_label(bars, fontsize=8, padding=2)
-    weights = stats["class_weights"]
+    weights = {c: f"{w:.2f}" for c, w in stats["class_weights"].items()}
     ax.set_xticks(x, [f"{c}\n{counts[:, i].sum()} images\nweight {weights.get(c, '-')}"
                       for i, c in enumerate(classes)])
     ax.set_ylabel("valid images")
@@ -373,7 +373,6 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-td.l { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; } .note { color: #555; }
 """
@@ -404,7 +403,8 @@ def _counts_table(stats: dict[str, Any], classes: list[str], splits: list[str]) 
     frame["total"] = frame.sum(axis=1)
     frame = frame.astype(str)
     weights = stats["class_weights"]
-    frame.loc["class weight"] = [str(weights.get(c, "–")) for c in classes] + ["–"]
+    frame.loc["class weight"] = [f"{weights[c]:.4f}" if c in weights else "–"
+                                 for c in classes] + ["–"]
     return frame
 
 
@@ -413,12 +413,11 @@ def _qc_tables(manifest: pd.DataFrame) -> str:
                              "meaning": meaning} for name, meaning in qc.FLAGS.items()])
     flagged = manifest[manifest.qc_flags != ""]
     first = flagged.duplicate_of.map(lambda r: manifest.path[r] if r >= 0 else "")
+    shapes = zip(flagged.orig_height, flagged.orig_width, flagged.orig_channels, strict=True)
     files = pd.DataFrame({
         "sample": flagged.index, "path": flagged.path, "split": flagged.split,
         "class": flagged.class_name, "flags": flagged.qc_flags, "copy of": first,
-        "original h x w x channels": [f"{h} x {w} x {c}" for h, w, c in
-                          zip(flagged.orig_height, flagged.orig_width, flagged.orig_channels,
-                              strict=True)],
+        "original h x w x channels": [f"{h} x {w} x {c}" for h, w, c in shapes],
         "mean": flagged["mean"], "std": flagged["std"],
     })
     return _table(summary) + _capped(files, "quality-control flags")
