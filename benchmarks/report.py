@@ -36,7 +36,7 @@ def main_table(results: dict) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["config"], "failed: " + r["error"]] + [""] * 8)
+            out.append([r["config"], "failed: " + r["error"]] + [""] * 11)
             continue
         sched = r.get("schedule", {})
         setup = f" (+{r['setup_seconds']:.1f} s start)" if r.get("setup_seconds", 0) > 0.05 \
@@ -45,10 +45,13 @@ def main_table(results: dict) -> str:
             r["config"], f"{r['images_per_second']:.0f}{setup}", f"{r['mb_per_second']:.1f}",
             f"{tut['seconds'] / r['seconds']:.2f}x" if tut else "",
             f"{lim['seconds'] / r['seconds']:.2f}" if lim else "",
+            f"{r['cpu_ms_per_image']:.2f}", f"{r['cores_busy']:.2f}",
+            f"{r['background_cores']:.2f}",
             f"{r['peak_rss'] / MB:.0f}", _pct(sched.get("sched_overhead")),
             _pct(sched.get("tail_fraction")), f"{100 * r['spread']:.0f}%", r["check"]])
     return _table(["configuration", "images/s", "JPEG MB/s", "vs tutorial", "of decode limit",
-                   "peak RSS MB", "sched. overhead", "end idle", "spread", "output"], out)
+                   "CPU ms/image", "cores busy", "other load", "peak RSS MB", "sched. overhead",
+                   "end idle", "spread", "output"], out)
 
 
 def profile_table(results: dict) -> str:
@@ -135,10 +138,11 @@ def schedule_table(results: dict) -> str:
         if not s:
             continue
         rows.append([r["config"], s["tasks"], f"{r['seconds']:.3f}", f"{s['compute_seconds']:.3f}",
+                     f"{r['seconds'] - s['compute_seconds'] - s['graph_seconds']:.3f}",
                      f"{1000 * s['graph_seconds']:.1f}", f"{s['dispatch_seconds']:.3f}",
                      f"{s['tail_seconds']:.3f}", f"{s['task_seconds']:.3f}",
                      f"{s['task_seconds_max']:.3f}"])
-    return _table(["configuration", "tasks", "run s", "compute s", "graph build ms",
+    return _table(["configuration", "tasks", "run s", "compute s", "scan+store s", "graph build ms",
                    "dispatch s", "end idle s", "sum of task s", "longest task s"], rows)
 
 
@@ -152,15 +156,16 @@ def sweep_table(name: str, rows: list[dict]) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["config"], "failed: " + r["error"], "", "", "", ""])
+            out.append([r["config"], "failed: " + r["error"]] + [""] * 7)
             continue
         s = r.get("schedule", {})
         out.append([r["config"], f"{r['images_per_second']:.0f}",
-                    f"{base['seconds'] / r['seconds']:.2f}", f"{r['peak_rss'] / MB:.0f}",
+                    f"{base['seconds'] / r['seconds']:.2f}", f"{r['cpu_ms_per_image']:.2f}",
+                    f"{r['cpu_seconds'] / base['cpu_seconds']:.2f}", f"{r['peak_rss'] / MB:.0f}",
                     _pct(s.get("tail_fraction")), f"{r.get('store_bytes', 0) / MB:.1f}"
                     if r.get("store_bytes") else "", r["check"]])
-    return _table(["variant", "images/s", "speed vs first", "peak RSS MB", "end idle",
-                   "store MB", "output"], out)
+    return _table(["variant", "images/s", "speed vs first", "CPU ms/image", "CPU vs first",
+                   "peak RSS MB", "end idle", "store MB", "output"], out)
 
 
 def markdown(results: dict) -> str:
@@ -190,7 +195,9 @@ def markdown(results: dict) -> str:
                                                       targets(results)),
         "### Where the time goes\n\n" + profile_table(results),
         "### Scheduling\n\n" + schedule_table(results)
-        + "\n\ndispatch: worker-time not spent in tasks before the last task ends (start-up, "
+        + "\n\nscan+store: scanning the folder, creating the store, summarising and "
+          "consolidating it (outside compute); "
+          "dispatch: worker-time not spent in tasks before the last task ends (start-up, "
           "gaps, gathering), per worker; end idle: workers waiting for the last tasks (load "
           "balance). Task times are measured inside each task.",
         "### Quality of fast mode\n\n" + quality_table(results),

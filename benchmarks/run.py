@@ -125,7 +125,11 @@ def summarize(runs: list[dict]) -> dict[str, Any]:
     seconds = statistics.median(r["seconds"] for r in ok)
     typical = min(ok, key=lambda r: abs(r["seconds"] - seconds))
     times = [r["seconds"] for r in ok]
-    return {**typical, "seconds": seconds, "times": times,
+    cpu = statistics.median(r["cpu_seconds"] for r in ok)
+    return {**typical, "seconds": seconds, "times": times, "cpu_seconds": cpu,
+            "cpu_ms_per_image": 1000 * cpu / max(typical["n"], 1),
+            "cores_busy": statistics.median(r["cpu_seconds"] / r["seconds"] for r in ok),
+            "background_cores": statistics.median(r["background_cores"] for r in ok),
             "spread": (max(times) - min(times)) / seconds if seconds else 0.0,
             "peak_rss": max(r["peak_rss"] for r in ok),
             "images_per_second": typical["n"] / seconds,
@@ -201,7 +205,7 @@ def tuning_specs(sweep: str, args, src: str) -> dict[str, dict]:
     if sweep == "codec":
         return {c: {**fast, "codec": c} for c in args.codecs}
     if sweep == "write":
-        return {w: {**fast, "writer": w} for w in ("product", "empty", "gather", "gather+empty")}
+        return {w: {**fast, "writer": w} for w in ("empty-check", "product", "gather")}
     if sweep == "cvthreads":
         return {f"fast, cv threads {c or 1}": {**fast, "cv_threads": c} for c in (None, 2)}
     if sweep == "layout":
@@ -366,12 +370,10 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     log(f"main table: {args.repeat} interleaved rounds")
     specs = main_configs(args, src)
     runs = interleaved(specs, args.repeat, args.timeout, log)
-    rows = []
-    for name, spec in specs.items():
-        row = {"config": name, "spec": spec, **summarize(runs[name])}
-        row["check"] = check(spec, row, ref["digests"], args.interpolation) \
+    rows = [{"config": n, "spec": s, **summarize(runs[n])} for n, s in specs.items()]
+    for row in rows:
+        row["check"] = check(row["spec"], row, ref["digests"], args.interpolation) \
             if "error" not in row else "failed"
-        rows.append(row)
     results["main"] = rows
     results["sweeps"] = {}
     for sweep in args.sweeps:
@@ -381,11 +383,11 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
             continue
         specs = tuning_specs(sweep, args, src)
         runs = interleaved(specs, args.repeat, args.timeout, log)
-        results["sweeps"][sweep] = [
-            {"config": n, "spec": s, **summarize(runs[n]),
-             "check": check(s, summarize(runs[n]), ref["digests"], args.interpolation)
-             if any("seconds" in r for r in runs[n]) else "failed"}
-            for n, s in specs.items()]
+        rows = [{"config": n, "spec": s, **summarize(runs[n])} for n, s in specs.items()]
+        for row in rows:
+            row["check"] = check(row["spec"], row, ref["digests"], args.interpolation) \
+                if "error" not in row else "failed"
+        results["sweeps"][sweep] = rows
     info["load_avg_end"] = os.getloadavg()
     shutil.rmtree(out / "memory-data", ignore_errors=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))

@@ -19,6 +19,7 @@ Workloads (``spec["kind"]``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -146,9 +147,9 @@ def _write_product(task, images, hist, records) -> None:
     store.write_chunk(task.ref.open("r+"), task.index, task.start, images, hist, records)
 
 
-def _write_gather(task, images, hist, records, write_empty: bool = True) -> None:
+def _write_gather(task, images, hist, records) -> None:
     """The same writes as ``store.write_chunk``, issued concurrently in one event-loop trip
-    (zarr's async API), optionally without zarr's is-the-chunk-empty check."""
+    (zarr's async API)."""
     import asyncio
 
     import zarr.api.asynchronous as za
@@ -161,7 +162,7 @@ def _write_gather(task, images, hist, records, write_empty: bool = True) -> None
     async def write() -> None:
         group = await za.open_group(task.ref.local_path, mode="r+", zarr_format=3)
         arrays = await asyncio.gather(*(group.getitem(n) for n in names))
-        arrays = [a.with_config({"write_empty_chunks": write_empty}) for a in arrays]
+        arrays = [a.with_config({"write_empty_chunks": True}) for a in arrays]
         await asyncio.gather(*(a.setitem(region, v) for a, v in zip(arrays, values,
                                                                     strict=True)))
         done = await group.getitem("chunk_done")
@@ -170,18 +171,17 @@ def _write_gather(task, images, hist, records, write_empty: bool = True) -> None
     sync(write())
 
 
-def _write_empty(task, images, hist, records) -> None:
-    """``store.write_chunk`` without zarr's is-the-chunk-empty check on every array."""
+def _write_checked(task, images, hist, records) -> None:
+    """``store.write_chunk`` with zarr's default test for all-fill chunks on every write."""
     group = task.ref.open("r+")
     stop = task.start + len(images)
     for name, value in (("images", images), ("hist", hist), *records.items()):
-        group[name].with_config({"write_empty_chunks": True})[task.start:stop] = value
+        group[name].with_config({"write_empty_chunks": False})[task.start:stop] = value
     group["chunk_done"][task.index] = True
 
 
-WRITERS = {"product": _write_product, "empty": _write_empty,
-           "gather": functools.partial(_write_gather, write_empty=False),
-           "gather+empty": _write_gather}
+#: Store writers compared by the ``write`` sweep.
+WRITERS = {"product": _write_product, "empty-check": _write_checked, "gather": _write_gather}
 
 
 def _codec(name: str):
@@ -300,6 +300,11 @@ def _store_digest(out: str) -> tuple[str, int]:
 def run_ingest(spec: dict[str, Any], weights: list[int]) -> dict[str, Any]:
     workers = spec["workers"]
     out = os.path.join(tempfile.mkdtemp(prefix="xb-bench-", dir=spec.get("tmp")), "out.zarr")
+    # Imports are not timed, including the ones dask defers to the first compute
+    # (``distributed``, ~0.5 s, even for the threads scheduler).
+    for module in ("distributed", "dask.diagnostics", "dask.multiprocessing"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
     cluster = client = None
     try:
         t0 = time.perf_counter()
@@ -319,14 +324,12 @@ def run_ingest(spec: dict[str, Any], weights: list[int]) -> dict[str, Any]:
                       decode_mode=spec["mode"], scheduler=scheduler, workers=workers)
         if spec.get("chunk"):
             params["chunk"] = spec["chunk"]
-        with _Instrument(spec, weights) as inst:
-            t0 = time.perf_counter()
+        with _Instrument(spec, weights) as inst, Meter() as meter:
             result = xraybatch.ingest(spec["src"], out, **params)
-            wall = time.perf_counter() - t0
         digest, n_valid = _store_digest(out)
-        return {"seconds": wall, "setup_seconds": setup, "digest": digest, "n_valid": n_valid,
+        return {**meter.result(), "setup_seconds": setup, "digest": digest, "n_valid": n_valid,
                 "schedule": _schedule(result.reports, workers, inst.window,
-                                      inst.times["graph"], wall),
+                                      inst.times["graph"], meter.seconds),
                 "scan_seconds": inst.times["scan"],
                 "store_bytes": _du(out)}
     finally:
@@ -456,6 +459,55 @@ def _write_time(paths, size, interpolation, mode, chunk, tmp) -> float:
 # --- the child process ------------------------------------------------------------------------
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its descendants so far.
+
+    Children reaped by now are in RUSAGE_CHILDREN; live ones (cluster workers) are read
+    with psutil, with what they reaped themselves. A child alive at the first call and
+    reaped before the second is counted exactly once in the difference.
+    """
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    try:
+        import psutil
+    except ImportError:
+        return total
+    for p in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def system_busy() -> float:
+    """CPU seconds the whole machine has spent busy since boot (0.0 without /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class Meter:
+    """Wall time, CPU of this process tree, and cores kept busy by everything else."""
+
+    def __enter__(self) -> Meter:
+        self.c0, self.s0, self.t0 = cpu_seconds(), system_busy(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu = cpu_seconds() - self.c0
+        self.others = max(0.0, system_busy() - self.s0 - self.cpu) / self.seconds
+
+    def result(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "cpu_seconds": self.cpu, "background_cores": self.others}
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one workload described by ``spec``; the timed region excludes imports and the scan."""
     kind, size, workers = spec["kind"], spec["size"], spec.get("workers", 1)
@@ -469,16 +521,16 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         result.update(profile(paths, classes, size, spec["interpolation"], spec["mode"],
                               spec["chunk"], spec.get("tmp")))
     else:
-        t0 = time.perf_counter()
-        if kind == "tutorial":
-            out = tutorial(paths, size)
-        elif kind == "pool":
-            out = pool(paths, size, workers)
-        elif kind == "decode_limit":
-            out = decode_limit(paths, size, workers)
-        else:
-            raise ValueError(f"unknown workload {kind!r}")
-        result["seconds"] = time.perf_counter() - t0
+        with Meter() as meter:
+            if kind == "tutorial":
+                out = tutorial(paths, size)
+            elif kind == "pool":
+                out = pool(paths, size, workers)
+            elif kind == "decode_limit":
+                out = decode_limit(paths, size, workers)
+            else:
+                raise ValueError(f"unknown workload {kind!r}")
+        result.update(meter.result())
         result["digest"] = _digest([out]) if isinstance(out, np.ndarray) else None
     for who in ("self", "children"):
         usage = resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}"))

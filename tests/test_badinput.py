@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from corpus import (BOMB_SIDE, Case, make_corpus, open_group, reference_image,
-                    running_as_root)
+from corpus import BOMB_SIDE, Case, make_corpus, open_group, reference_image, running_as_root
 
 import xraybatch
 from xraybatch import cli, decode, store

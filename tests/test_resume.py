@@ -243,9 +243,29 @@ def test_second_writer_is_refused_while_the_lock_is_held(client, synth_small, re
 
 def test_lock_is_exclusive_and_released(tmp_path):
     ref = StoreRef(str(tmp_path / "out.zarr"))
-    with store.locked(ref):
-        with pytest.raises(StoreError, match=r"is being written by pid \d+"), store.locked(ref):
-            pass
+    with (store.locked(ref), pytest.raises(StoreError, match=r"is being written by pid \d+"),
+          store.locked(ref)):
+        pass
     with store.locked(ref):  # released, and a new holder gets it
         assert (tmp_path / "out.zarr" / store.LOCK_NAME).exists()
     assert not (tmp_path / "out.zarr" / store.LOCK_NAME).exists()
+
+
+def test_interrupted_overwrite_never_reads_complete(synth_small, reference, tmp_path,
+                                                     monkeypatch):
+    out = tmp_path / "out.zarr"
+    shutil.copytree(reference.store.root, out)
+    rmtree = shutil.rmtree
+
+    def interrupted(path, *args, **kwargs):  # Ctrl-C once the first array is deleted
+        rmtree(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        xraybatch.ingest(synth_small, out, size=SIZE, chunk=CHUNK, overwrite=True)
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="creation was interrupted"):
+        xraybatch.open(str(out))
+    xraybatch.ingest(synth_small, out, size=SIZE, chunk=CHUNK, resume=True)
+    assert_same_store(open_group(out), reference)

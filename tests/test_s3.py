@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -49,6 +50,10 @@ def endpoint() -> str:
         proc.wait(timeout=30)
 
 
+def xarray_installed() -> bool:
+    return importlib.util.find_spec("xarray") is not None
+
+
 def _options(endpoint: str) -> dict:
     return {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
 
@@ -74,6 +79,8 @@ def test_api_ingest_to_s3_matches_local(endpoint, synth_small, reference):
     assert ds.complete and len(ds) == 60
     assert ds.stats() == local.stats()
     assert ds.manifest.equals(local.manifest)
+    if xarray_installed():
+        assert (ds.to_xarray().images.values == local.images.compute()).all()
 
 
 def test_cli_endpoint_by_option_or_environment(endpoint, synth_small, reference, capsys):

@@ -274,5 +274,10 @@ def process(data: bytes, size: int = 256, interpolation: str = "area", mode: str
 
 
 def histogram(image: np.ndarray) -> np.ndarray:
-    """256-bin integer histogram of a uint8 image."""
-    return np.bincount(image.ravel(), minlength=256)
+    """256-bin integer histogram of a uint8 image (the counts of ``np.bincount``).
+
+    ``cv2.calcHist`` counts in integers, takes half the time of ``np.bincount`` and does
+    not hold the GIL (benchmarks/README.md); its float32 counts are exact up to 2**24
+    pixels, more than the largest output (4096 x 4096).
+    """
+    return cv2.calcHist([image], [0], None, [256], [0, 256]).ravel().astype(np.int64)

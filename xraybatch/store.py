@@ -79,12 +79,13 @@ class StoreRef:
     def local_path(self) -> str:
         return self.url.removeprefix("file://")
 
-    def open(self, mode: str = "r") -> zarr.Group:
+    def open(self, mode: str = "r", **kwargs: Any) -> zarr.Group:
+        """The root group; ``kwargs`` go to ``zarr.open_group`` (e.g. ``attributes``)."""
         if self.is_local:
-            return zarr.open_group(self.local_path, mode=mode, zarr_format=3)
+            return zarr.open_group(self.local_path, mode=mode, zarr_format=3, **kwargs)
         self._check_backend()
         return zarr.open_group(self.url, mode=mode, zarr_format=3,
-                               storage_options=self.storage_options or None)
+                               storage_options=self.storage_options or None, **kwargs)
 
     def fs(self):
         """The fsspec filesystem and path of a remote store."""
@@ -181,7 +182,7 @@ def check_target(ref: StoreRef, overwrite: bool = False, resume: bool = False) -
 
 def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
            classes: list[str], splits: list[str], attrs: dict[str, Any],
-           overwrite: bool = False, compression_level: int = 3) -> zarr.Group:
+           overwrite: bool = False, compression_level: int = 1) -> zarr.Group:
     """Create the store for ``manifest`` and write what the scan already knows.
 
     Raises :class:`StoreError` if the store exists and ``overwrite`` is false.
@@ -190,10 +191,12 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     if ref.exists() and not _is_empty(ref):
         _clear(ref)
     n = len(manifest)
-    group = ref.open("a")  # not "w", which would delete the lock file too; OUT is empty here
-    # First mark the group as an incomplete xraybatch store: --resume may then redo a
-    # creation that was interrupted, and never mistakes another tool's store for one.
-    group.attrs.update(xraybatch_version=__version__, complete=False)
+    # Not "w", which would delete the lock file too; OUT is empty here. The group is born
+    # marked as an incomplete xraybatch store (one write): --resume may then redo a creation
+    # that was interrupted, and never mistakes another tool's store for one.
+    group = ref.open("a", attributes={"xraybatch_version": __version__, "complete": False})
+    # Zstd level 1: X-ray pixels compress ~1.13x at level 1 and ~1.2x at level 3, which
+    # costs 2.4x the CPU (benchmarks/README.md, "compressor").
     common = dict(compressors=ZstdCodec(level=compression_level))
     group.create_array("images", shape=(n, size, size), dtype="uint8", chunks=(chunk, size, size),
                        fill_value=0, dimension_names=("sample", "y", "x"), **common)
@@ -235,10 +238,11 @@ def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
     rewrites the same bytes, and concurrent tasks never share a chunk.
     """
     stop = start + len(images)
-    group["images"][start:stop] = images
-    group["hist"][start:stop] = hist
-    for name in RECORD_ARRAYS:
-        group[name][start:stop] = records[name]
+    arrays = {"images": images, "hist": hist, **{n: records[n] for n in RECORD_ARRAYS}}
+    for name, values in arrays.items():
+        # zarr's test for an all-fill chunk (skipped with write_empty_chunks) costs more
+        # than compressing it (benchmarks/README.md, "write").
+        group[name].with_config({"write_empty_chunks": True})[start:stop] = values
     group["chunk_done"][index] = True
 
 

@@ -1,0 +1,140 @@
+"""The benchmark suite keeps working: run it end to end on a tiny synthetic set.
+
+Nothing here is timed: the suite's numbers are checked for presence and consistency, and
+every configuration's output array must equal its serial OpenCV reference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """The benchmark modules (a folder of scripts, not a package)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return (importlib.import_module("run"), importlib.import_module("workloads"),
+            importlib.import_module("report"))
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One run of the whole suite with every sweep that ``--sweep`` offers for free."""
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "out"
+    cmd = [sys.executable, str(BENCH / "run.py"), "--synth", "24", "--synth-scale", "0.15",
+           "--size", "64", "--repeat", "1", "--workers", "2", "--sweep", "scaling,memory",
+           "--memory-sizes", "12,24", "--memory-scale", "0.08", "--out", str(out),
+           "--tmp", str(tmp), "--timeout", "120"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return out, proc
+
+
+def test_suite_runs_and_checks_every_output(suite_run) -> None:
+    out, proc = suite_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    main = {r["config"]: r for r in results["main"]}
+    expected = {"tutorial loop (serial)", "multiprocessing.Pool (2)",
+                "xraybatch exact, threads (2)", "xraybatch exact, processes (2)",
+                "xraybatch exact, distributed (2)", "xraybatch fast, threads (2)",
+                "xraybatch fast, processes (2)", "xraybatch fast, distributed (2)",
+                "xraybatch exact linear, threads (2)", "decode-only limit (2)"}
+    assert set(main) == expected
+    for name, row in main.items():
+        assert "error" not in row, (name, row.get("error"))
+        assert row["n"] == 24 and row["images_per_second"] > 0 and row["peak_rss"] > 0
+        if name.startswith("decode-only"):
+            assert row["check"] == "n/a"
+        else:  # the same bytes as the serial cv2 reference of its kind
+            assert row["check"].startswith("= "), (name, row["check"])
+    assert main["xraybatch fast, threads (2)"]["check"] == "= fast ref"
+    assert main["xraybatch exact, threads (2)"]["check"] == "= exact ref"
+    assert main["xraybatch exact linear, threads (2)"]["check"] == "= tutorial ref"
+    schedule = main["xraybatch fast, distributed (2)"]["schedule"]
+    assert schedule["tasks"] >= 1 and schedule["task_seconds"] > 0
+    assert main["xraybatch fast, distributed (2)"]["setup_seconds"] > 0
+    # The RSS of the worker processes is counted: a pool of two weighs more than one process.
+    assert main["multiprocessing.Pool (2)"]["peak_rss"] > main["tutorial loop (serial)"]["peak_rss"]
+
+
+def test_suite_reports_profile_quality_and_sweeps(suite_run) -> None:
+    out, proc = suite_run
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    for mode in ("exact", "fast"):
+        stages = results["profile"][mode]["stages"]
+        assert set(stages) == {"read", "hash", "header", "decode", "resize", "hist", "write"}
+        assert all(v > 0 for v in stages.values())
+    quality = results["quality"]
+    assert len(quality["per_image"]) == 24 and quality["tutorial_psnr"] is not None
+    scaling = {r["config"] for r in results["sweeps"]["scaling"]}
+    assert {"fast threads (1)", "fast threads (2)", "decode-only limit (2)"} <= scaling
+    memory = results["sweeps"]["memory"]
+    assert sorted({r["n"] for r in memory}) == [12, 24]
+    assert all("peak_rss" in r for r in memory)
+    md = (out / "results.md").read_text()
+    for title in ("### Throughput", "### Targets", "### Where the time goes", "### Scheduling",
+                  "### Quality of fast mode", "### Sweep: scaling", "### Sweep: memory"):
+        assert title in md
+    assert md in proc.stdout  # the Markdown to paste is printed as well
+    pytest.importorskip("matplotlib")
+    assert (out / "benchmark.png").stat().st_size > 0
+
+
+def test_suite_leaves_no_store_or_data_behind(suite_run) -> None:
+    out, _ = suite_run
+    tmp = out.parent
+    assert not list(tmp.glob("xb-bench-*")) and not list(tmp.glob("xb-prof-*"))
+    assert not (out / "memory-data").exists()
+
+
+def test_check_detects_a_different_array(bench) -> None:
+    run, _, _ = bench
+    refs = {"tutorial": "t", "exact": "e", "fast": "f"}
+    fast = {"kind": "ingest", "mode": "fast", "interpolation": "area"}
+    exact_linear = {"kind": "ingest", "mode": "exact", "interpolation": "linear"}
+    assert run.check(fast, {"digest": "f"}, refs, "area") == "= fast ref"
+    assert run.check(fast, {"digest": "e"}, refs, "area") == "MISMATCH vs fast ref"
+    assert run.check(exact_linear, {"digest": "t"}, refs, "area") == "= tutorial ref"
+    assert run.check({"kind": "pool"}, {"digest": "x"}, refs, "area") == "MISMATCH vs tutorial ref"
+
+
+def test_schedule_splits_worker_time(bench) -> None:
+    _, workloads, _ = bench
+
+    def task(worker: str, start: float, end: float):
+        return workloads.TimedReport(0, 1, (), 0, end - start, started=start, ended=end,
+                                     worker=worker)
+
+    # Two workers for 10 s: a runs 0-4 and 4-8, b runs 1-5 and then waits for a.
+    reports = [task("a", 0, 4), task("a", 4, 8), task("b", 1, 5)]
+    s = workloads._schedule(reports, workers=2, window=(0.0, 10.0), graph=0.5, wall=12.5)
+    assert s["task_seconds"] == 12 and s["tail_seconds"] == pytest.approx(3 / 2)
+    # 20 worker-seconds = 12 in tasks + 3 idle at the end (b) + 5 dispatch (b's late start,
+    # and both workers after the last task until compute returned).
+    assert s["dispatch_seconds"] == pytest.approx(5 / 2)
+    assert s["sched_overhead"] == pytest.approx((0.5 + 2.5) / 12.5)
+
+
+def test_failed_measurement_is_one_line(bench, tmp_path: Path) -> None:
+    run, _, _ = bench
+    result = run.measure({"kind": "nonsense", "src": str(tmp_path), "size": 32}, timeout=60)
+    assert "error" in result and "\n" not in result["error"]
+
+
+def test_cli_refuses_a_used_output_folder(bench, tmp_path: Path, capsys) -> None:
+    run, _, _ = bench
+    (tmp_path / "old.txt").write_text("keep me")
+    assert run.main([str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "old.txt").read_text() == "keep me"
+    assert run.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
