@@ -186,3 +186,4 @@ def test_unreachable_scheduler_is_a_one_line_error(synth_small, tmp_path):
     assert run.stderr.startswith(f"xraybatch ingest: error: cannot reach the Dask scheduler "
                                  f"at {address}: ")
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert not (tmp_path / "out.zarr").exists()  # connected before anything was written

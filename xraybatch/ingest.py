@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,10 +147,10 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
 
 def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
             progress: bool = False, retries: int = 2) -> list[ChunkReport]:
-    """Run the tasks on a local scheduler, a scheduler address or a ``distributed.Client``."""
+    """Run the tasks on a local scheduler (a name) or a ``distributed.Client``."""
     if not tasks:
         return []
-    if isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS:
+    if isinstance(scheduler, str):
         from dask.diagnostics import ProgressBar
 
         bar = ProgressBar(dt=0.5) if progress else nullcontext()
@@ -157,16 +158,23 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
             return list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers))
     from distributed import progress as dprogress
 
-    owns = isinstance(scheduler, str)
-    client = _connect(scheduler) if owns else scheduler
+    futures = scheduler.compute(tasks, retries=retries)
+    if progress:
+        dprogress(futures)
+    return scheduler.gather(futures)
+
+
+@contextmanager
+def connected(scheduler: Any) -> Iterator[Any]:
+    """A local scheduler name or a ``distributed.Client``; a client opened here is closed."""
+    if not isinstance(scheduler, str) or scheduler in LOCAL_SCHEDULERS:
+        yield scheduler
+        return
+    client = _connect(scheduler)
     try:
-        futures = client.compute(tasks, retries=retries)
-        if progress:
-            dprogress(futures)
-        return client.gather(futures)
+        yield client
     finally:
-        if owns:
-            client.close()
+        client.close()
 
 
 def _connect(address: str):
@@ -229,7 +237,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
              "n_skipped": len(found.skipped),
              "skipped": found.skipped.head(1000).values.tolist()}
     store.check_target(ref, overwrite, resume)  # before the lock file touches OUT
-    with store.locked(ref):
+    # Connect before the store is created, so an unreachable cluster leaves OUT untouched.
+    with connected(scheduler) as target, store.locked(ref):
         group = _resume(ref, found, {**attrs, "size": size}) if resume else None
         if group is None:  # a new store, or a resumed one whose creation was interrupted
             group = store.create(ref, found.manifest, size=size, chunk=chunk,
@@ -243,7 +252,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                             **params)
         threads = cv2.getNumThreads()
         try:
-            reports = compute(tasks, scheduler, workers, progress, retries)
+            reports = compute(tasks, target, workers, progress, retries)
         finally:
             cv2.setNumThreads(threads)
         result = _summarize(ref, found, reports, time.perf_counter() - t0)

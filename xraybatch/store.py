@@ -173,6 +173,9 @@ def check_target(ref: StoreRef, overwrite: bool = False, resume: bool = False) -
         return
     if not ref.exists() or _is_empty(ref):
         return
+    holder = writer(ref)
+    if holder:
+        raise _busy(ref.url, holder)
     if not overwrite:
         raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it "
                          "or --resume to finish an interrupted run")
@@ -303,6 +306,32 @@ def locked(ref: StoreRef) -> Iterator[None]:
         os.close(fd)
 
 
+def writer(ref: StoreRef) -> str | None:
+    """Who holds the writer lock of a local store ("pid N on HOST"), or None."""
+    if not ref.is_local:
+        return None
+    try:
+        fd = os.open(os.path.join(ref.local_path, LOCK_NAME), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def _busy(url: str, holder: str) -> StoreError:
+    return StoreError(f"{url} is being written by {holder}; wait for that ingest to finish")
+
+
 def _lock_file(path: str, url: str) -> int:
     """Open and flock the lock file; the descriptor of the locked file."""
     while True:
@@ -310,10 +339,9 @@ def _lock_file(path: str, url: str) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = _holder(fd)
             os.close(fd)
-            raise StoreError(f"{url} is being written by {holder}; "
-                             "wait for that ingest to finish") from None
+            raise _busy(url, holder) from None
         try:  # the holder we waited on may have unlinked the file: then lock the new one
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd
