@@ -31,7 +31,8 @@ from typing import Any
 import report
 
 HERE = Path(__file__).resolve().parent
-SWEEPS = ("scaling", "memory", "chunk", "order", "codec", "write", "cvthreads", "layout")
+SWEEPS = ("scaling", "memory", "chunk", "order", "codec", "write", "cvthreads", "layout",
+          "store")
 SCHEDULERS = ("threads", "processes", "distributed")
 
 
@@ -197,11 +198,11 @@ def tuning_specs(sweep: str, args, src: str) -> dict[str, dict]:
             specs[f"decode-only limit ({k})"] = base_spec(args, src, "decode_limit", workers=k)
         return specs
     if sweep == "chunk":
-        return {f"chunk {c}{' ' + o if o != 'natural' else ''}": {**fast, "chunk": c, "order": o}
-                for c in args.chunks for o in ("natural", "heavy")}
+        return {f"chunk {c}{', index order' if o else ''}": {**fast, "chunk": c, "order": o}
+                for c in args.chunks for o in (None, "index")}
     if sweep == "order":
-        return {f"{m} {o}": {**ingest_spec(args, src, m), "order": o}
-                for m in ("fast", "exact") for o in ("natural", "heavy")}
+        return {f"{m}, {o or 'heaviest first'}": {**ingest_spec(args, src, m), "order": o}
+                for m in ("fast", "exact") for o in (None, "index")}
     if sweep == "codec":
         return {c: {**fast, "codec": c} for c in args.codecs}
     if sweep == "write":
@@ -308,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-scale", type=float, default=0.1,
                    help="synthetic image scale of the memory sweep (0.1)")
     p.add_argument("--memory-repeat", type=int, default=1)
-    p.add_argument("--chunks", default="8,16,32,64", help="chunk sizes of the chunk sweep")
+    p.add_argument("--chunks", default="16,32,64,128", help="chunk sizes of the chunk sweep")
     p.add_argument("--codecs", default="zstd3,zstd1,blosc-lz4,none",
                    help="compressors of the codec sweep")
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
@@ -380,6 +381,12 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         log(f"sweep: {sweep}")
         if sweep == "memory":
             results["sweeps"]["memory"] = memory_sweep(args, out, log)
+            continue
+        if sweep == "store":  # one serial process: the images array in several layouts
+            layouts = measure(base_spec(args, src, "store_layouts", limit=1000), args.timeout)
+            if "error" in layouts:
+                raise BenchError(f"store layouts failed: {layouts['error']}")
+            results["sweeps"]["store"] = layouts["layouts"]
             continue
         specs = tuning_specs(sweep, args, src)
         runs = interleaved(specs, args.repeat, args.timeout, log)

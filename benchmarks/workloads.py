@@ -38,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
-import dask
 import numpy as np
 
 import xraybatch
@@ -200,10 +199,10 @@ def _codec(name: str):
 class _Instrument:
     """Wrap the ingest stages (module globals) to time them; patches this process only."""
 
-    def __init__(self, spec: dict[str, Any], weights: list[int]) -> None:
+    def __init__(self, spec: dict[str, Any]) -> None:
         self.times: dict[str, float] = {}
         self.window = (0.0, 0.0)
-        self.spec, self.weights = spec, weights
+        self.spec = spec
 
     def __enter__(self) -> _Instrument:
         self.saved = {name: getattr(ingest_mod, name) for name in
@@ -213,10 +212,9 @@ class _Instrument:
 
         def build_tasks(ref, root, paths, chunks, chunk, **params):
             t0 = time.perf_counter()
-            if spec.get("order") == "heavy":
-                tasks = _heavy_first(ref, root, paths, chunks, chunk, self.weights, **params)
-            else:
-                tasks = saved["build_tasks"](ref, root, paths, chunks, chunk, **params)
+            if spec.get("order") == "index":  # no weights: keys, hence the order, by index
+                params.pop("weights", None)
+            tasks = saved["build_tasks"](ref, root, paths, chunks, chunk, **params)
             self.times["graph"] = time.perf_counter() - t0
             return tasks
 
@@ -245,26 +243,6 @@ class _Instrument:
         for name, value in self.saved.items():
             setattr(ingest_mod, name, value)
         store.ZstdCodec = self.saved_codec
-
-
-def _heavy_first(ref, root, paths, chunks, chunk, weights, **params) -> list:
-    """``build_tasks``, but dask runs the chunks with the most JPEG bytes first.
-
-    Dask orders independent tasks by key name, last name first (the list order does not
-    matter), so the keys are named by rank of ascending weight.
-    """
-    def weight(i: int) -> int:
-        return sum(weights[i * chunk:(i + 1) * chunk])
-
-    tasks = []
-    for rank, index in enumerate(sorted(chunks, key=weight)):
-        start = index * chunk
-        task = ingest_mod.ChunkTask(ref, index, start, tuple(os.path.join(root, p) for p in
-                                                             paths[start:start + chunk]),
-                                    **params)
-        tasks.append(dask.delayed(ingest_mod.run_chunk, pure=True)(
-            task, dask_key_name=f"xraybatch-chunk-{rank:06d}"))
-    return tasks
 
 
 def _schedule(reports: list[TimedReport], workers: int, window: tuple[float, float],
@@ -297,7 +275,7 @@ def _store_digest(out: str) -> tuple[str, int]:
     return _digest(blocks), int(group["valid"][:].sum())
 
 
-def run_ingest(spec: dict[str, Any], weights: list[int]) -> dict[str, Any]:
+def run_ingest(spec: dict[str, Any]) -> dict[str, Any]:
     workers = spec["workers"]
     out = os.path.join(tempfile.mkdtemp(prefix="xb-bench-", dir=spec.get("tmp")), "out.zarr")
     # Imports are not timed, including the ones dask defers to the first compute
@@ -319,15 +297,18 @@ def run_ingest(spec: dict[str, Any], weights: list[int]) -> dict[str, Any]:
                                    processes=True, host="127.0.0.1", dashboard_address=None,
                                    silence_logs=logging.ERROR)
             scheduler = client = Client(cluster)
+            # A long-lived cluster has its imports done: warm the workers up (not timed).
+            client.run(importlib.import_module, "workloads")
         setup = time.perf_counter() - t0
         params = dict(size=spec["size"], labels="folder", interpolation=spec["interpolation"],
                       decode_mode=spec["mode"], scheduler=scheduler, workers=workers)
         if spec.get("chunk"):
             params["chunk"] = spec["chunk"]
-        with _Instrument(spec, weights) as inst, Meter() as meter:
+        with _Instrument(spec) as inst, Meter() as meter:
             result = xraybatch.ingest(spec["src"], out, **params)
         digest, n_valid = _store_digest(out)
-        return {**meter.result(), "setup_seconds": setup, "digest": digest, "n_valid": n_valid,
+        return {**meter.result(), "n": result.n_images, "input_bytes": result.bytes_read,
+                "setup_seconds": setup, "digest": digest, "n_valid": n_valid,
                 "schedule": _schedule(result.reports, workers, inst.window,
                                       inst.times["graph"], meter.seconds),
                 "scan_seconds": inst.times["scan"],
@@ -456,6 +437,55 @@ def _write_time(paths, size, interpolation, mode, chunk, tmp) -> float:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# --- store layouts ----------------------------------------------------------------------------
+
+#: (name, images per chunk or shard, images per inner chunk or None, compressor)
+LAYOUTS = [("chunk 32, zstd 3", 32, None, "zstd3"), ("chunk 32, zstd 1", 32, None, "zstd1"),
+           ("chunk 64, zstd 1", 64, None, "zstd1"), ("chunk 64, blosc-lz4", 64, None, "blosc-lz4"),
+           ("chunk 64, no compression", 64, None, "none"),
+           ("shard 64, inner chunk 1, zstd 1", 64, 1, "zstd1"),
+           ("chunk 128, zstd 1", 128, None, "zstd1")]
+
+
+def store_layouts(paths: list[str], size: int, tmp: str | None, rounds: int = 3) -> list[dict]:
+    """The images array alone in each layout: write and read costs (best of ``rounds``)."""
+    import zarr
+
+    images = np.stack([decode.process(decode.read_bytes(p), size).image for p in paths])
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(images), min(64, len(images)))
+    rows = []
+    for name, chunk, inner, codec in LAYOUTS:
+        best = {"write": math.inf, "read_all": math.inf, "read_one": math.inf}
+        for _ in range(rounds):
+            root = tempfile.mkdtemp(prefix="xb-layout-", dir=tmp)
+            try:
+                kw = dict(chunks=(inner, size, size), shards=(chunk, size, size)) if inner \
+                    else dict(chunks=(chunk, size, size))
+                arr = zarr.create_array(os.path.join(root, "a.zarr"), shape=images.shape,
+                                        dtype="uint8", compressors=_codec(codec)(0), **kw)
+                arr = arr.with_config({"write_empty_chunks": True})
+                t0 = time.process_time()
+                for a, b in store.chunk_bounds(len(images), chunk):
+                    arr[a:b] = images[a:b]
+                best["write"] = min(best["write"], time.process_time() - t0)
+                t0 = time.perf_counter()
+                arr[:]
+                best["read_all"] = min(best["read_all"], time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for i in picks:
+                    arr[int(i)]
+                best["read_one"] = min(best["read_one"], (time.perf_counter() - t0) / len(picks))
+                nbytes, files = _du(root), sum(len(f) for _, _, f in os.walk(root))
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+        rows.append({"layout": name, "write_ms_per_image": 1000 * best["write"] / len(images),
+                     "read_all_ms_per_image": 1000 * best["read_all"] / len(images),
+                     "read_one_ms": 1000 * best["read_one"], "bytes": nbytes, "files": files,
+                     "raw_bytes": int(images.nbytes)})
+    return rows
+
+
 # --- the child process ------------------------------------------------------------------------
 
 
@@ -511,12 +541,15 @@ class Meter:
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one workload described by ``spec``; the timed region excludes imports and the scan."""
     kind, size, workers = spec["kind"], spec["size"], spec.get("workers", 1)
+    if kind == "ingest":  # no file list of our own: it would weigh on the measured RSS
+        result = run_ingest(spec)
+        return {**result, **_maxrss()}
     paths, weights, classes = source_files(spec["src"], spec.get("limit"))
     result: dict[str, Any] = {"n": len(paths), "input_bytes": int(sum(weights))}
-    if kind == "ingest":
-        result.update(run_ingest(spec, weights))
-    elif kind == "reference":
+    if kind == "reference":
         result.update(reference(paths, size, spec["interpolation"]))
+    elif kind == "store_layouts":
+        result["layouts"] = store_layouts(paths, size, spec.get("tmp"))
     elif kind == "profile":
         result.update(profile(paths, classes, size, spec["interpolation"], spec["mode"],
                               spec["chunk"], spec.get("tmp")))
@@ -532,10 +565,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"unknown workload {kind!r}")
         result.update(meter.result())
         result["digest"] = _digest([out]) if isinstance(out, np.ndarray) else None
-    for who in ("self", "children"):
-        usage = resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}"))
-        result[f"maxrss_{who}"] = usage.ru_maxrss * 1024  # kB on Linux
-    return result
+    return {**result, **_maxrss()}
+
+
+def _maxrss() -> dict[str, int]:
+    """Kernel high-water marks of RSS: this process, and its largest reaped child."""
+    return {f"maxrss_{who}": resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}"))
+            .ru_maxrss * 1024 for who in ("self", "children")}  # kB on Linux
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +80,29 @@ class Cluster:
         return runs
 
 
+def scheduler_address(path: Path) -> str | None:
+    """The address in a scheduler file; None while it is absent or still half written."""
+    try:
+        return json.loads(path.read_text()).get("address")
+    except (OSError, ValueError):
+        return None
+
+
+def in_background(fn: Callable, *args, **kwargs) -> tuple[threading.Thread, Future]:
+    """Run ``fn`` in a thread; its result or its exception lands in the returned future."""
+    future: Future = Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # re-raised by future.result() in the test's thread
+            future.set_exception(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, future
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("cluster")
@@ -89,8 +114,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     client = None
     try:
-        wait_until(scheduler_file.exists, 60, "the scheduler to start", 0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+        wait_until(lambda: scheduler_address(scheduler_file), 60, "the scheduler to start", 0.1)
+        address = scheduler_address(scheduler_file)
         assert address.startswith("tcp://127.0.0.1:")
         client = distributed.Client(address, timeout="30s")
         cluster = Cluster(address, client, root, procs)
@@ -131,16 +156,16 @@ def test_cli_on_cluster_matches_local_threads(cluster, synth_small, reference, t
 def test_api_with_a_shared_client(cluster, synth_small, reference, tmp_path):
     """Two ingests at once through one Client: their tasks must not be confused."""
     first, second = tmp_path / "first.zarr", tmp_path / "second.zarr"
-    background = threading.Thread(target=xraybatch.ingest, args=(synth_small, first),
-                                  kwargs=dict(size=SIZE, chunk=CHUNK, scheduler=cluster.client))
-    background.start()
+    background, first_run = in_background(xraybatch.ingest, synth_small, first, size=SIZE,
+                                          chunk=CHUNK, scheduler=cluster.client)
     try:
         wait_until(lambda: chunks_done(first) >= 1, 60, "the first ingest to start")
         result = xraybatch.ingest(synth_small, second, size=SIZE, chunk=CHUNK,
                                   scheduler=cluster.client)
     finally:
         background.join(timeout=120)
-    assert not background.is_alive()
+    assert not background.is_alive(), "the first ingest did not finish"
+    assert first_run.exception(timeout=0) is None
     assert (result.n_stored, result.chunks_run) == (60, N_CHUNKS)
     assert_same_store(open_group(first), reference)
     assert_same_store(open_group(second), reference)
@@ -150,10 +175,8 @@ def test_worker_sigkilled_mid_run(cluster, synth_small, reference, tmp_path):
     out = tmp_path / "out.zarr"
     victim = cluster.start_worker()
     cluster.client.wait_for_workers(3, timeout=60)
-    results: list = []
-    run = threading.Thread(target=lambda: results.append(xraybatch.ingest(
-        synth_small, out, size=SIZE, chunk=CHUNK, scheduler=cluster.client)))
-    run.start()
+    run, ingest = in_background(xraybatch.ingest, synth_small, out, size=SIZE, chunk=CHUNK,
+                                scheduler=cluster.client)
     try:
         def victim_busy() -> bool:  # the victim has started a chunk that is not written yet
             started = cluster.started(out).get(victim.pid, [])
@@ -166,8 +189,8 @@ def test_worker_sigkilled_mid_run(cluster, synth_small, reference, tmp_path):
         victim.wait(timeout=30)
     finally:
         run.join(timeout=120)
-    assert not run.is_alive() and results, "the ingest did not finish"
-    assert results[0].n_stored == 60
+    assert not run.is_alive(), "the ingest did not finish"
+    assert ingest.result(timeout=0).n_stored == 60  # re-raises the ingest's own error
     rerun_by = [pid for pid, chunks in cluster.started(out).items()
                 if in_flight in chunks and pid != victim.pid]
     assert rerun_by, f"chunk {in_flight} of the killed worker was not run again"

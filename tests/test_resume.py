@@ -203,6 +203,20 @@ def test_resume_refuses_changed_parameters(synth_small, reference, tmp_path):
         xraybatch.ingest(synth_small, out, size=SIZE, interpolation="linear", resume=True)
 
 
+def test_resume_refuses_changed_source_files(synth_copy, tmp_path):
+    out = tmp_path / "out.zarr"
+    xraybatch.ingest(synth_copy, out, size=SIZE, chunk=CHUNK)
+    group = zarr.open_group(str(out), mode="r+")
+    group["chunk_done"][0], group.attrs["complete"] = False, False  # as if interrupted
+    victim = next(synth_copy.rglob("*.jpeg"))
+    victim.write_bytes(victim.read_bytes() + b"\0")  # same path and label, new content
+    with pytest.raises(StoreError, match="source files changed"):
+        xraybatch.ingest(synth_copy, out, size=SIZE, chunk=CHUNK, resume=True)
+    victim.unlink()  # a file gone
+    with pytest.raises(StoreError, match="source files changed"):
+        xraybatch.ingest(synth_copy, out, size=SIZE, chunk=CHUNK, resume=True)
+
+
 def test_resume_never_wipes_another_tools_zarr_store(synth_small, tmp_path):
     out = tmp_path / "foreign.zarr"
     foreign = zarr.open_group(str(out), mode="w", zarr_format=3)

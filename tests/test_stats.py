@@ -98,7 +98,7 @@ def test_class_balance_over_stored_labels(store) -> None:
     assert stats["imbalance_ratio"] == max(present.values()) / min(present.values())
     total = sum(present.values())
     assert list(stats["class_weights"]) == list(present)
-    for c, n in present.items():  # weights are rounded to 4 decimals for display
+    for c, n in present.items():  # weights are exact (not rounded): same formula, same float
         assert stats["class_weights"][c] == total / (len(present) * n)
 
 

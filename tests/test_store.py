@@ -154,15 +154,6 @@ def test_overwrite_refuses_a_folder_that_is_not_a_store(synth_small, tmp_path) -
     assert sorted(p.name for p in path.iterdir()) == ["thesis.tex"]
 
 
-def test_second_writer_is_refused(tmp_path: Path) -> None:
-    ref = StoreRef(str(tmp_path / "x.zarr"))
-    with store.locked(ref), pytest.raises(StoreError, match="being written by pid"), \
-            store.locked(ref):
-        pass
-    with store.locked(ref):  # released: a later writer gets it
-        pass
-
-
 @pytest.mark.parametrize("kind", ["absent", "empty folder", "other zarr"])
 def test_open_refuses_non_stores(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "x.zarr"

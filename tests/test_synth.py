@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from xraybatch import synth
-from xraybatch.synth import synth_dataset, synth_image
+from xraybatch.synth import MARKER, synth_dataset, synth_image
 
 COLUMNS = ["path", "split", "kind", "height", "width", "channels", "progressive", "bytes"]
 NAME_KIND = [
@@ -91,7 +91,7 @@ def test_dataframe_matches_files(ds200: tuple[Path, pd.DataFrame]) -> None:
     assert len(df) == 200 and df.path.is_unique
     assert df.path.tolist() == sorted(df.path)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    assert files == df.path.tolist()
+    assert files == sorted([*df.path, MARKER])
     for row in df.itertuples():
         data = (root / row.path).read_bytes()
         assert len(data) == row.bytes
@@ -106,7 +106,7 @@ def test_dataframe_matches_files(ds200: tuple[Path, pd.DataFrame]) -> None:
 
 def test_layout_counts_and_mix(ds200: tuple[Path, pd.DataFrame]) -> None:
     root, df = ds200
-    assert sorted(p.name for p in root.iterdir()) == ["test", "train", "val"]
+    assert sorted(p.name for p in root.iterdir()) == [MARKER, "test", "train", "val"]
     for split in synth.SPLITS:
         for cls in ("NORMAL", "PNEUMONIA"):
             assert any((root / split / cls).glob("*.jpeg")), f"{split}/{cls} is empty"
@@ -180,7 +180,17 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
 
     # overwrite=True replaces a synthetic set, leaving no stale files.
     df = synth_dataset(out, n=10, seed=2, scale=0.05, workers=1, overwrite=True)
-    assert sorted(digests(out)) == df.path.tolist()
+    assert sorted(digests(out)) == sorted([*df.path, MARKER])
+
+
+def test_overwrite_refuses_a_kermany_shaped_folder_it_did_not_write(tmp_path: Path) -> None:
+    out = tmp_path / "real"
+    synth_dataset(out, n=6, seed=1, scale=0.05, workers=1)
+    (out / MARKER).unlink()  # now shaped like the real dataset, but not ours
+    before = digests(out)
+    with pytest.raises(FileExistsError, match="not a synthetic set"):
+        synth_dataset(out, n=6, seed=1, scale=0.05, workers=1, overwrite=True)
+    assert digests(out) == before
 
 
 @pytest.mark.parametrize("extra", ["notes.txt", "train/NORMAL/readme.md", "train/x/y/z.jpeg",

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -22,7 +21,8 @@ import pandas as pd
 from . import __version__, decode
 from .ingest import DEFAULT_CHUNK, IngestResult, SchedulerError, ingest
 from .scan import ScanError
-from .store import StoreError, XrayStore
+from .stats import table as stats_table
+from .store import StoreError, StoreRef, XrayStore, check_target
 
 EXIT_FAILED_FILES = 1
 EXIT_USAGE = 2
@@ -35,7 +35,6 @@ xraybatch ingest chest_xray s3://bucket/xray.zarr   # needs: pip install 'xrayba
 xraybatch ingest chest_xray s3://bucket/xray.zarr --storage-option endpoint_url=http://minio:9000
 xraybatch ingest chest_xray xray.zarr --resume      # after an interruption
 """
-_STAT_COLUMNS = ["images", "pixels", "min", "max", "mean", "std", "median", "p01", "p99"]
 
 
 def _examples(text: str) -> str:
@@ -95,11 +94,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="fast: DCT-scaled JPEG decode when big enough; exact: full decode "
                         "(default: fast)")
     i.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
-                   help=f"images per chunk and per task (default: {DEFAULT_CHUNK})")
+                   help=f"images per chunk and per task (default: {DEFAULT_CHUNK}; "
+                        "--resume keeps the store's)")
     i.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",
                    help="Dask scheduler, or a distributed scheduler address (default: threads)")
     i.add_argument("--workers", type=int, default=None,
-                   help="local workers (default: one per core)")
+                   help="local workers (default: one per core; a cluster has its own)")
     i.add_argument("--max-pixels", type=int, default=decode.MAX_PIXELS,
                    help=f"refuse images declaring more pixels (default: {decode.MAX_PIXELS:,})")
     mode = i.add_mutually_exclusive_group()
@@ -205,17 +205,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .synth import synth_dataset
 
     root = Path(args.dir)
-    if root.exists() and any(root.iterdir()):
-        if not args.overwrite:
-            raise FileExistsError(f"{root} already exists: pass --overwrite to replace it")
-        if not (root / "xray.zarr").exists() and not (root / "chest_xray").exists():
-            raise FileExistsError(f"{root} is not a demo folder; refusing to overwrite it")
-        shutil.rmtree(root)
     src, out = root / "chest_xray", root / "xray.zarr"
+    # Both steps refuse what they did not write themselves; check the store before synth.
+    check_target(StoreRef(str(out)), overwrite=args.overwrite)
     print(f"1/3 synth: writing {args.n} synthetic X-rays to {src}")
-    synth_dataset(src, n=args.n, seed=0)
+    synth_dataset(src, n=args.n, seed=0, overwrite=args.overwrite)
     print(f"2/3 ingest: {src} -> {out}")
-    result = ingest(src, out, labels="kermany3", progress=True)
+    result = ingest(src, out, labels="kermany3", progress=True, overwrite=args.overwrite)
     _print_summary(result)
     print("3/3 stats:")
     _print_stats(XrayStore(str(out)).stats(), "split")
@@ -275,19 +271,16 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stat_row(name: str, s: dict) -> dict:
-    return {"group": name, **{k: s[k] for k in _STAT_COLUMNS}}
-
-
 def _print_stats(stats: dict, by: str) -> None:
-    rows = [_stat_row("all", stats["global"])]
+    named = {"all": stats["global"]}
     if by == "class":
-        rows += [_stat_row(c, s) for c, s in stats["per_class"].items()]
+        named |= stats["per_class"]
     else:
-        rows += [_stat_row(f"{sp}/{c}", s) for sp, per in stats["per_split_class"].items()
-                 for c, s in per.items()]
+        named |= {f"{sp}/{c}": s for sp, per in stats["per_split_class"].items()
+                  for c, s in per.items()}
+    rows = stats_table(named)
     with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
-        print(pd.DataFrame(rows).to_string(index=False))
+        print(rows.to_string(index=False))
     weights = ", ".join(f"{c} {w:.4f}" for c, w in stats["class_weights"].items())
     ratio = stats["imbalance_ratio"]
     ratio = "n/a (no valid image)" if ratio is None else f"{ratio:.2f}"

@@ -27,7 +27,7 @@ from .scan import Scan, scan
 from .store import StoreError, StoreRef
 
 #: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
-DEFAULT_CHUNK = 32
+DEFAULT_CHUNK = 64
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 # Attributes that must match for --resume to continue a run.
 _RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels")
@@ -90,29 +90,19 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
     n = len(task.paths)
     images = np.zeros((n, task.size, task.size), np.uint8)
     hist = np.zeros((n, 256), np.int32)
-    records = {name: np.full(n, fill, dtype=object if dtype is str else dtype)
-               for name, (dtype, fill) in store.RECORD_ARRAYS.items()}
-    failures, nbytes = [], 0
+    records = []
     for i, path in enumerate(task.paths):
-        try:
-            data = decode.read_bytes(path)
-            nbytes += len(data)
-            records["sha256"][i] = decode.content_hash(data)
-            result = decode.process(data, task.size, task.interpolation, task.decode,
+        image, record = decode.load(path, task.size, task.interpolation, task.decode,
                                     task.max_pixels)
-        except decode.ImageError as e:
-            records["status"][i], records["message"][i] = e.code, str(e)
-            failures.append((task.start + i, e.code, str(e)))
-            continue
-        images[i] = result.image
-        hist[i] = decode.histogram(result.image)
-        header = result.header
-        records["valid"][i], records["status"][i] = True, "ok"
-        records["orig_height"][i], records["orig_width"][i] = result.height, result.width
-        records["orig_channels"][i], records["orig_bitdepth"][i] = header.channels, header.bitdepth
-        records["orig_format"][i], records["decode_scale"][i] = header.format, result.scale
-    report = ChunkReport(task.index, n, tuple(failures), nbytes, time.perf_counter() - t0)
-    return images, hist, records, report
+        records.append(record)
+        if image is not None:
+            images[i] = image
+            hist[i] = decode.histogram(image)
+    failures = tuple((task.start + i, r.status, r.message)
+                     for i, r in enumerate(records) if not r.valid)
+    report = ChunkReport(task.index, n, failures, sum(r.nbytes for r in records),
+                         time.perf_counter() - t0)
+    return images, hist, store.record_arrays(records), report
 
 
 def run_chunk(task: ChunkTask) -> ChunkReport:
@@ -131,16 +121,25 @@ def run_chunk(task: ChunkTask) -> ChunkReport:
 
 
 def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], chunk: int,
-                **params: Any) -> list:
-    """One ``dask.delayed`` task per chunk index in ``chunks``."""
+                weights: list[int] | None = None, **params: Any) -> list:
+    """One ``dask.delayed`` task per chunk index in ``chunks``, the heaviest run first.
+
+    ``weights`` (bytes of each file) set the order: dask starts independent tasks in
+    descending order of their key names, so each key starts with its chunk's rank by
+    ascending weight. The heaviest chunks (NORMAL files weigh ~5x more and are stored
+    together) then start first and the run does not end waiting for one of them.
+    """
+    def weight(index: int) -> int:
+        return sum(weights[index * chunk:(index + 1) * chunk]) if weights else 0
+
     tasks = []
-    for index in chunks:
+    for rank, index in enumerate(sorted(chunks, key=weight)):
         start = index * chunk
         spec = ChunkTask(ref, index, start,
                          tuple(os.path.join(root, p) for p in paths[start:start + chunk]), **params)
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
-        key = f"xraybatch-chunk-{index}-{dask.base.tokenize(spec)}"
+        key = f"xraybatch-chunk-{rank:06d}-{index}-{dask.base.tokenize(spec)}"
         tasks.append(dask.delayed(run_chunk, pure=True)(spec, dask_key_name=key))
     return tasks
 
@@ -156,12 +155,17 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
         bar = ProgressBar(dt=0.5) if progress else nullcontext()
         with bar:
             return list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers))
+    from distributed import KilledWorker
     from distributed import progress as dprogress
 
     futures = scheduler.compute(tasks, retries=retries)
-    if progress:
-        dprogress(futures)
-    return scheduler.gather(futures)
+    try:
+        if progress:
+            dprogress(futures)
+        return scheduler.gather(futures)
+    except KilledWorker as e:  # the scheduler gave up after allowed-failures worker deaths
+        raise SchedulerError(f"workers kept dying while running a chunk task ({e}); "
+                             "the store is incomplete: fix the workers and --resume") from None
 
 
 @contextmanager
@@ -206,13 +210,30 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     size, interpolation, decode_mode
         Output side, ``"area"`` or ``"linear"`` resize, ``"fast"`` (DCT-scaled JPEG
         decode) or ``"exact"`` (full decode).
+    labels
+        ``"folder"``, ``"kermany3"`` or the path of a CSV file (see :func:`xraybatch.scan`).
     chunk
-        Images per zarr chunk and per Dask task.
+        Images per zarr chunk and per Dask task (a resumed run keeps the store's own).
     scheduler
         ``"threads"``, ``"processes"``, ``"sync"``, a scheduler address
         (``"tcp://host:8786"``) or a ``distributed.Client``.
+    workers
+        Local threads or processes (default: one per core); a cluster has its own.
     overwrite, resume
         Replace an existing store, or finish an interrupted run (only missing chunks).
+    progress
+        Show a progress bar.
+    max_pixels
+        Refuse images that declare more pixels (reason ``too_large``).
+    storage_options
+        fsspec options for a URL ``out`` (e.g. ``{"endpoint_url": ...}``).
+    retries
+        Re-runs of a chunk task that raised, on a cluster.
+
+    Returns
+    -------
+    IngestResult
+        Counts, failures (path, status, message), skipped files, time and throughput.
 
     Examples
     --------
@@ -249,7 +270,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
                       decode=decode_mode, max_pixels=max_pixels)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
-                            **params)
+                            weights=found.manifest.bytes.tolist(), **params)
         threads = cv2.getNumThreads()
         try:
             reports = compute(tasks, target, workers, progress, retries)
@@ -282,9 +303,10 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
             raise StoreError(f"cannot resume {ref.url}: {key} was {stored.get(key)!r}, "
                              f"now {attrs[key]!r}")
     before = store.scan_arrays(group)
-    now = found.manifest[["path", "label"]]
-    if len(before) != len(now) or not (before.path.to_numpy() == now.path.to_numpy()).all() \
-            or not (before.label.to_numpy() == now.label.to_numpy()).all():
+    now = found.manifest[["path", "label", "bytes"]].set_axis(list(before.columns), axis=1)
+    same_files = (len(before) == len(now) and (before.to_numpy() == now.to_numpy()).all()
+                  and stored["classes"] == found.classes and stored["splits"] == found.splits)
+    if not same_files:  # paths, labels, sizes or class names differ: not the same data
         raise StoreError(f"cannot resume {ref.url}: the source files changed since the "
                          "interrupted run; start again with --overwrite")
     group.attrs["complete"] = False
@@ -294,14 +316,9 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
 def _summarize(ref: StoreRef, found: Scan, reports: list[ChunkReport],
                seconds: float) -> IngestResult:
     group = ref.open("r")
-    status = group["status"][:]
-    bad = np.flatnonzero(status != "ok")
-    failures = pd.DataFrame({"path": group["path"].get_orthogonal_selection(bad)
-                             if len(bad) else np.array([], object),
-                             "status": status[bad],
-                             "message": group["message"][:][bad]})
-    n = len(status)
-    return IngestResult(out=ref.url, n_images=n, n_stored=n - len(bad), failures=failures,
+    failures = store.failures(group)
+    n = int(group.attrs["n_images"])
+    return IngestResult(out=ref.url, n_images=n, n_stored=n - len(failures), failures=failures,
                         skipped=found.skipped, seconds=seconds, chunks_run=len(reports),
                         chunks_total=store.n_chunks(n, int(group.attrs["chunk"])),
                         bytes_read=sum(r.bytes_read for r in reports), reports=reports)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import decode, qc
+from .stats import table as stats_table
 from .store import StoreError, XrayStore
 
 #: Figures of the report: file name -> caption.
@@ -31,7 +32,6 @@ FIGURES: dict[str, str] = {
     "intensity_spread.png": "Per-image mean and standard deviation by class; red crosses are "
                             "the images flagged as per-class outliers.",
 }
-STAT_COLUMNS = ["images", "pixels", "min", "max", "mean", "std", "median", "p01", "p99"]
 #: Longest file list shown in the HTML; manifest.csv has every row.
 MAX_ROWS = 500
 DPI = 100
@@ -391,11 +391,6 @@ def _capped(frame: pd.DataFrame, what: str) -> str:
     return _table(frame.head(MAX_ROWS)) + note
 
 
-def _stats_rows(named: dict[str, dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"group": name, **{k: s[k] for k in STAT_COLUMNS}}
-                         for name, s in named.items()])
-
-
 def _counts_table(stats: dict[str, Any], classes: list[str], splits: list[str]) -> pd.DataFrame:
     rows = {s: [stats["per_split_class"][s][c]["images"] for c in classes] for s in splits}
     rows["all"] = [stats["class_counts"][c] for c in classes]
@@ -475,9 +470,9 @@ def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: in
         "n_images / (n_classes &times; n_class), for a weighted loss.</p>",
         _table(_counts_table(stats, ds.classes, ds.splits), index=True),
         _h2("intensities"), _figure_html("histograms.png"),
-        "<h3>All images</h3>", _table(_stats_rows({"all": stats["global"]})),
-        "<h3>Per class</h3>", _table(_stats_rows(stats["per_class"])),
-        "<h3>Per split and class</h3>", _table(_stats_rows(per_split)),
+        "<h3>All images</h3>", _table(stats_table({"all": stats["global"]})),
+        "<h3>Per class</h3>", _table(stats_table(stats["per_class"])),
+        "<h3>Per split and class</h3>", _table(stats_table(per_split)),
         _h2("images"), _figure_html("samples.png"), _figure_html("mean_images.png"),
         _h2("spread"), _figure_html("intensity_spread.png"),
         _h2("qc"), _qc_tables(manifest),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .synth import MARKER
+
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
                   ".pgm", ".ppm", ".pbm"}
 SPLITS = ("train", "val", "test")
@@ -21,6 +23,7 @@ NO_SPLIT = "none"
 KERMANY3 = ("NORMAL", "BACTERIA", "VIRUS")
 # Folders that archive tools add and that never hold data (macOS zip resource forks, etc.).
 _JUNK_DIRS = {"__MACOSX", ".git", ".ipynb_checkpoints", "@eaDir"}
+_OWN_FILES = {MARKER}  # xraybatch's own bookkeeping, not data
 
 
 class ScanError(ValueError):
@@ -55,7 +58,7 @@ def _walk(root: Path) -> list[Path]:
             continue
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if d not in _JUNK_DIRS)
-        out.extend(Path(dirpath, f) for f in filenames)
+        out.extend(Path(dirpath, f) for f in filenames if f not in _OWN_FILES)
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import dask
 import numpy as np
+import pandas as pd
 
 QUANTILES = {"p01": 1.0, "median": 50.0, "p99": 99.0}
 
@@ -107,6 +108,23 @@ def class_balance(counts: dict[str, int]) -> dict[str, Any]:
     ratio = max(present.values()) / min(present.values()) if present else None
     weights = {c: total / (len(present) * n) for c, n in present.items()}
     return {"imbalance_ratio": ratio, "class_weights": weights}
+
+
+#: Columns of a statistics table, in display order.
+TABLE_COLUMNS = ["images", "pixels", "min", "max", "mean", "std", "median", "p01", "p99"]
+
+
+def table(named: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Group name -> :func:`summarize` result, as a table with a ``group`` column.
+
+    Examples
+    --------
+    >>> table({"all": summarize(np.bincount([3, 5], minlength=256), 1)})[["group", "max"]]
+      group  max
+    0   all    5
+    """
+    return pd.DataFrame([{"group": name, **{k: s[k] for k in TABLE_COLUMNS}}
+                         for name, s in named.items()])
 
 
 def compute(store) -> dict[str, Any]:

@@ -171,11 +171,15 @@ def check_target(ref: StoreRef, overwrite: bool = False, resume: bool = False) -
         if not ref.exists():
             raise StoreError(f"nothing to resume: {ref.url} does not exist")
         return
+    holder = writer(ref)
+    if holder:  # name the running ingest rather than say "already exists"
+        raise _busy(ref.url, holder)
+    _check_replaceable(ref, overwrite)
+
+
+def _check_replaceable(ref: StoreRef, overwrite: bool) -> None:
     if not ref.exists() or _is_empty(ref):
         return
-    holder = writer(ref)
-    if holder:
-        raise _busy(ref.url, holder)
     if not overwrite:
         raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it "
                          "or --resume to finish an interrupted run")
@@ -188,9 +192,10 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
            overwrite: bool = False, compression_level: int = 1) -> zarr.Group:
     """Create the store for ``manifest`` and write what the scan already knows.
 
-    Raises :class:`StoreError` if the store exists and ``overwrite`` is false.
+    Raises :class:`StoreError` if the store exists and ``overwrite`` is false. The caller
+    holds the lock (:func:`locked`) and has called :func:`check_target` before taking it.
     """
-    check_target(ref, overwrite)
+    _check_replaceable(ref, overwrite)
     if ref.exists() and not _is_empty(ref):
         _clear(ref)
     n = len(manifest)
@@ -231,6 +236,13 @@ def _is_empty(ref: StoreRef) -> bool:
     if ref.is_local:
         return not [n for n in os.listdir(ref.local_path) if n != LOCK_NAME]
     return False
+
+
+def record_arrays(records: list) -> dict[str, np.ndarray]:
+    """Per-image :class:`xraybatch.decode.Record` objects -> the store's per-image arrays."""
+    return {name: np.array([getattr(r, name) for r in records],
+                           dtype=object if dtype is str else dtype)
+            for name, (dtype, _) in RECORD_ARRAYS.items()}
 
 
 def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
@@ -276,7 +288,16 @@ def done_chunks(group: zarr.Group) -> np.ndarray:
 
 def scan_arrays(group: zarr.Group) -> pd.DataFrame:
     """What the scan wrote at creation, to check that a resumed run sees the same files."""
-    return pd.DataFrame({"path": group["path"][:], "label": group["labels"][:]})
+    return pd.DataFrame({"path": group["path"][:], "label": group["labels"][:],
+                         "file_bytes": group["file_bytes"][:]})
+
+
+def failures(group: zarr.Group) -> pd.DataFrame:
+    """Path, status and message of every file that was not stored."""
+    status = group["status"][:]
+    bad = np.flatnonzero(status != "ok")
+    return pd.DataFrame({"path": group["path"][:][bad], "status": status[bad],
+                         "message": group["message"][:][bad]})
 
 
 # --- locking --------------------------------------------------------------------------------
@@ -371,7 +392,7 @@ class XrayStore:
             self.group = self.ref.open("r")
         except (FileNotFoundError, ValueError, KeyError) as e:
             raise StoreError(f"{url} is not a zarr v3 store: {e}") from None
-        if "classes" not in self.group.attrs or "chunk_done" not in self.group:
+        if not layout_written(self.group.attrs) or "chunk_done" not in self.group:
             raise StoreError(f"{url} is not an xraybatch store (or its creation was interrupted)")
         self.attrs: dict[str, Any] = dict(self.group.attrs)
 
@@ -499,7 +520,7 @@ class XrayStore:
             raise ImportError("to_xarray needs xarray: pip install 'xraybatch[xarray]'") from None
         kwargs = {"storage_options": self.ref.storage_options} if not self.ref.is_local else {}
         ds = xr.open_zarr(self.ref.local_path if self.ref.is_local else self.ref.url,
-                          consolidated=False, zarr_format=3, **kwargs)
+                          consolidated=self.complete, zarr_format=3, **kwargs)
         ds = ds.drop_vars("chunk_done")
         # numpy's StringDType (how zarr v3 strings arrive) breaks xarray operations that
         # promote dtypes, such as ds.where(..., drop=True): object is xarray's string type.

@@ -38,6 +38,8 @@ KINDS: tuple[str, ...] = ("NORMAL", "BACTERIA", "VIRUS")
 #: Split folder names, as in the Kermany release.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CLASS_DIRS: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+#: Written into every synthetic folder: only a folder that has it may be overwritten.
+MARKER = ".xraybatch-synth"
 
 # Fractions as in Kermany train (1,341 NORMAL, 2,530 bacteria, 1,345 virus of 5,216).
 _KIND_FRACTIONS = (0.26, 0.48, 0.26)
@@ -474,8 +476,13 @@ def _plan(n: int, seed: int, scale: float) -> pd.DataFrame:
 
 
 def _is_removable(out: Path) -> bool:
-    """True if ``out`` holds nothing but train/val/test dirs of class dirs of JPEG files."""
+    """True if ``out`` was written by :func:`synth_dataset` (it has the marker file) and
+    holds nothing else than train/val/test dirs of class dirs of JPEG files."""
+    if not (out / MARKER).is_file():
+        return False
     for split in out.iterdir():
+        if split.name == MARKER:
+            continue
         if split.name not in SPLITS or split.is_symlink() or not split.is_dir():
             return False
         for cls in split.iterdir():
@@ -497,8 +504,8 @@ def _prepare(out: Path, overwrite: bool) -> None:
             )
         if not _is_removable(out):
             raise FileExistsError(
-                f"refusing to overwrite {out}: it holds more than train/val/test folders of "
-                "JPEG files"
+                f"refusing to overwrite {out}: it is not a synthetic set written by xraybatch "
+                "(no marker file, or other files in it)"
             )
         for split in SPLITS:
             if (out / split).is_dir():
@@ -506,6 +513,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
     for split in SPLITS:
         for cls in CLASS_DIRS:
             (out / split / cls).mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by xraybatch synth_dataset; may be overwritten\n")
 
 
 def synth_dataset(
