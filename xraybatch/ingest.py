@@ -18,6 +18,9 @@ from typing import Any
 
 import cv2
 import dask
+import dask.local
+import dask.multiprocessing
+import dask.threaded
 import numpy as np
 import pandas as pd
 import zarr
@@ -29,6 +32,8 @@ from .store import StoreError, StoreRef
 #: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
 DEFAULT_CHUNK = 64
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
+_LOCAL_GET = {"threads": dask.threaded.get, "processes": dask.multiprocessing.get,
+              "sync": dask.local.get_sync}
 # Attributes that must match for --resume to continue a run.
 _RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels")
 
@@ -153,8 +158,9 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
         from dask.diagnostics import ProgressBar
 
         bar = ProgressBar(dt=0.5) if progress else nullcontext()
-        with bar:
-            return list(dask.compute(*tasks, scheduler=scheduler, num_workers=workers))
+        with bar:  # the function, not its name: a name makes dask import distributed
+            return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
+                                     num_workers=workers))
     from distributed import KilledWorker
     from distributed import progress as dprogress
 
