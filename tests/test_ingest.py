@@ -122,7 +122,7 @@ def synth_store(request, synth_small: Path, tmp_path_factory) -> tuple[tuple, Pa
 
 @pytest.fixture(scope="module")
 def synth_baseline(synth_small: Path, tmp_path_factory) -> Path:
-    """Default fast/area ingest, threads, chunk 32: what the other runs are compared with."""
+    """Fast/area ingest, threads, chunk 32: what the other runs are compared with."""
     out = tmp_path_factory.mktemp("baseline") / "x.zarr"
     run(synth_small, out, size=SYNTH_SIZE, chunk=32, scheduler="threads")
     return out

@@ -3,11 +3,12 @@
 Needs the optional ``torch`` extra (``pip install 'xraybatch[torch]'``). The module is named
 ``torch_dataset`` so that it never shadows the ``torch`` package.
 
-Reads: zarr compresses whole chunks of ``chunk`` images (32 by default), so reading one image
-decompresses its chunk. Each dataset keeps the last ``cache_chunks`` chunks it decompressed,
-so reading in store order costs one decompression per chunk. For shuffled training,
-:class:`ChunkShuffleSampler` draws random batches from a few random chunks at a time, which
-keeps that cache hit rate; a plain ``shuffle=True`` works too, at one chunk read per sample.
+Reads: zarr compresses whole chunks of ``chunk`` images (the store's chunk size), so reading
+one image decompresses its chunk. Each dataset keeps the last ``cache_chunks`` chunks it
+decompressed, so reading in store order costs one decompression per chunk. For shuffled
+training, :class:`ChunkShuffleSampler` draws random batches from a few random chunks at a time,
+which keeps that cache hit rate; a plain ``shuffle=True`` works too, at one chunk read per
+sample.
 
 Worker processes: the dataset pickles as a store address and index arrays only; every
 process opens the zarr store itself on its first read (``num_workers > 0`` is safe with
