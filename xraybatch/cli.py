@@ -240,10 +240,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result: IngestResult) -> None:
-    resumed = (f" (resumed: {result.chunks_run} of {result.chunks_total} chunks written now)"
-               if result.chunks_run < result.chunks_total else "")
-    print(f"stored {result.n_stored} of {result.n_images} images in {result.out} "
-          f"in {result.seconds:.1f} s ({result.images_per_second:.0f} images/s){resumed}")
+    if result.chunks_run == 0:
+        print(f"{result.out} already had all {result.chunks_total} chunks: nothing to write; "
+              f"{result.n_stored} of {result.n_images} images stored")
+    else:
+        resumed = (f" (resumed: {result.chunks_run} of {result.chunks_total} chunks written now)"
+                   if result.chunks_run < result.chunks_total else "")
+        print(f"stored {result.n_stored} of {result.n_images} images in {result.out} in "
+              f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s){resumed}")
     if len(result.skipped):
         reasons = result.skipped.reason.value_counts().to_dict()
         print(f"skipped {len(result.skipped)} files that are not labelled images: {reasons}")
