@@ -138,10 +138,11 @@ def _clear(ref: StoreRef) -> None:
         "xraybatch_version": __version__, "complete": False}}).encode()
     if ref.is_local:
         root = ref.local_path
-        names = [n for n in os.listdir(root) if n != LOCK_NAME]
+        partial = ".zarr.json.partial"  # a clear killed before its rename may leave one
+        names = [n for n in os.listdir(root) if n not in (LOCK_NAME, partial)]
         if names and "zarr.json" not in names:
             raise StoreError(f"{root} exists and is not a zarr store; refusing to overwrite it")
-        tmp = os.path.join(root, ".zarr.json.partial")
+        tmp = os.path.join(root, partial)
         with open(tmp, "wb") as f:
             f.write(stub)
         os.replace(tmp, os.path.join(root, "zarr.json"))  # atomic
