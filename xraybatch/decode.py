@@ -19,6 +19,9 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from . import options
+from .options import DECODE_MODES, MAX_PIXELS
+
 #: Reason codes for files that are not stored, with what each one means.
 REASONS: dict[str, str] = {
     "empty": "the file has zero bytes",
@@ -32,10 +35,8 @@ REASONS: dict[str, str] = {
     "symlink_loop": "the path is a symbolic link loop",
 }
 
-INTERPOLATIONS: dict[str, int] = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
-DECODE_MODES = ("fast", "exact")
-#: Default decompression-bomb limit: 8x the largest Kermany image (2900 x 2500).
-MAX_PIXELS = 64_000_000
+INTERPOLATIONS: dict[str, int] = {name: getattr(cv2, f"INTER_{name.upper()}")
+                                  for name in options.INTERPOLATIONS}
 
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
             4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}

@@ -26,11 +26,11 @@ import pandas as pd
 import zarr
 
 from . import decode, store
+from .options import DEFAULT_CHUNK
+from .progress import Progress, dask_callback
 from .scan import Scan, scan
 from .store import StoreError, StoreRef
 
-#: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
-DEFAULT_CHUNK = 64
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 _LOCAL_GET = {"threads": dask.threaded.get, "processes": dask.multiprocessing.get,
               "sync": dask.local.get_sync}
@@ -150,25 +150,36 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
 
 
 def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
-            progress: bool = False, retries: int = 2) -> list[ChunkReport]:
-    """Run the tasks on a local scheduler (a name) or a ``distributed.Client``."""
+            progress: bool = False, retries: int = 2, images: int = 0) -> list[ChunkReport]:
+    """Run the tasks on a local scheduler (a name) or a ``distributed.Client``.
+
+    ``images`` (how many the tasks hold) is the total that ``progress`` counts towards.
+    """
     if not tasks:
         return []
-    if isinstance(scheduler, str):
-        from dask.diagnostics import ProgressBar
+    with Progress().start(images) if progress else nullcontext() as bar:
+        if isinstance(scheduler, str):
+            count = dask_callback(bar, _images_done) if bar else nullcontext()
+            with count:  # the function, not its name: a name makes dask import distributed
+                return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
+                                         num_workers=workers))
+        return _gather(scheduler, scheduler.compute(tasks, retries=retries), bar)
 
-        bar = ProgressBar(dt=0.5) if progress else nullcontext()
-        with bar:  # the function, not its name: a name makes dask import distributed
-            return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
-                                     num_workers=workers))
-    from distributed import KilledWorker
-    from distributed import progress as dprogress
 
-    futures = scheduler.compute(tasks, retries=retries)
+def _images_done(result: Any) -> int:
+    return result.n if isinstance(result, ChunkReport) else 0
+
+
+def _gather(client: Any, futures: list, bar: Progress | None) -> list[ChunkReport]:
+    """The reports of a cluster's futures, advancing ``bar`` as each one finishes."""
+    from distributed import KilledWorker, as_completed
+
     try:
-        if progress:
-            dprogress(futures)
-        return scheduler.gather(futures)
+        for future in as_completed(futures) if bar else ():
+            if future.status != "finished":
+                break  # gather raises its error at once
+            bar.advance(_images_done(future.result()))
+        return client.gather(futures)
     except KilledWorker as e:  # the scheduler gave up after allowed-failures worker deaths
         raise SchedulerError(f"workers kept dying while running a chunk task ({e}); "
                              "the store is incomplete: fix the workers and --resume") from None
@@ -279,7 +290,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                             weights=found.manifest.bytes.tolist(), **params)
         threads = cv2.getNumThreads()
         try:
-            reports = compute(tasks, target, workers, progress, retries)
+            reports = compute(tasks, target, workers, progress, retries,
+                              images=sum(min(chunk, len(found.manifest) - i * chunk) for i in todo))
         finally:
             cv2.setNumThreads(threads)
         result = _summarize(ref, found, reports, time.perf_counter() - t0)
