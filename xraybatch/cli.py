@@ -219,7 +219,7 @@ def _storage_option(text: str) -> tuple[str, Any]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .ingest import ingest
-    from .report import require_matplotlib, write_report
+    from .report import first_source_image, require_matplotlib, write_report
     from .store import StoreRef, XrayStore, check_target
     from .synth import synth_dataset
 
@@ -242,8 +242,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         report = None
     else:
         print(f"4/4 report: figures and index.html in {report}")
-        written = write_report(ds, report, overwrite=args.overwrite, inspect=_one_image(ds))
-        print(f"wrote {len(written.files)} files: {', '.join(p.name for p in written.files)}")
+        written = write_report(ds, report, overwrite=args.overwrite, inspect=first_source_image(ds))
+        print(f"wrote {len(written.files) - 2} figures, manifest.csv and index.html")
         print(f"\nopen the report in a browser:\n  {written.index.resolve().as_uri()}")
     print("\nthen try it on your own folder of X-rays (SRC/CLASS/*.jpeg, or "
           "SRC/{train,val,test}/CLASS/*.jpeg):")
@@ -253,18 +253,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ("xraybatch stats xray.zarr --by split", "exact statistics per split and class"),
         ("xraybatch report xray.zarr --out xray-report", "these figures for your data"
          + ("" if report else ", needs xraybatch[plot]")),
-        ("python benchmarks/run.py SRC", "loader speed on this machine (in a clone of the "
-                                         "repository, with '.[bench]')")]:
+        ("python benchmarks/run.py SRC", "loader speed here (in the repository, '.[bench]')")]:
         print(f"  {command:<{width}} # {note}")
     return 0
-
-
-def _one_image(ds) -> str | None:
-    """The source file of the first valid image: the one the demo shows as the tutorial does."""
-    valid = ds.manifest.index[ds.manifest.valid.to_numpy(bool)]
-    if not len(valid):
-        return None
-    return os.path.join(ds.attrs["source"], ds.manifest.path[valid[0]])
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

@@ -123,6 +123,19 @@ def pick_samples(manifest: pd.DataFrame, seed: int, k: int = 9) -> np.ndarray:
     return np.random.default_rng(seed).choice(valid, size=min(k, len(valid)), replace=False)
 
 
+def first_source_image(store: XrayStore) -> str | None:
+    """The source file of the store's first valid image (None if none is valid).
+
+    Examples
+    --------
+    >>> first_source_image(xraybatch.open("xray.zarr"))  # doctest: +SKIP
+    '/data/chest_xray/test/NORMAL/IM-0001-0001.jpeg'
+    """
+    manifest = store.manifest
+    valid = manifest.index[manifest.valid.to_numpy(bool)]
+    return os.path.join(store.attrs["source"], manifest.path[valid[0]]) if len(valid) else None
+
+
 # --- figures --------------------------------------------------------------------------------
 
 
