@@ -33,7 +33,7 @@ DELAY = 0.25  # seconds added to every chunk task on the workers
 PRELOAD = '''
 import os, sys, time
 
-import xraybatch  # noqa: F401
+import xraybatch.ingest  # noqa: F401  (the package imports its modules lazily)
 
 ingest = sys.modules["xraybatch.ingest"]
 # distributed imports a preload file twice: wrap the original function only once

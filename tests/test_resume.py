@@ -32,7 +32,7 @@ INGEST_ARGS = ["--size", str(SIZE), "--chunk", str(CHUNK), "--quiet"]
 WRAPPER = '''
 import os, runpy, signal, sys, time
 
-import xraybatch  # noqa: F401
+import xraybatch.ingest  # noqa: F401  (the package imports its modules lazily)
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 ingest = sys.modules["xraybatch.ingest"]

@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from .store import XrayStore
     from .synth import synth_dataset
 
-# The public names, imported on first use (PEP 562): `import xraybatch` and the command
-# line's --help stay free of Dask, OpenCV, zarr and pandas (and of importlib.metadata).
+# The public names and the submodules, imported on first use (PEP 562): `import xraybatch`
+# and the command line's --help stay free of Dask, OpenCV, zarr and pandas.
 _LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
          "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth"}
+_SUBMODULES = ("cli", "decode", "options", "progress", "qc", "report", "stats", "store",
+               "synth", "torch_dataset")
 
 
 def __getattr__(name: str) -> Any:
@@ -34,6 +36,8 @@ def __getattr__(name: str) -> Any:
         value = _version()
     elif name in _LAZY:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # which binds it here
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -41,7 +45,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "__version__"})
+    return sorted({*globals(), *_LAZY, *_SUBMODULES, "__version__"})
 
 
 def _version() -> str:
