@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -175,6 +176,8 @@ def _add_storage_option(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xraybatch`` command."""
     args = _parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # keep stdout in step with progress lines on stderr
+        sys.stdout.reconfigure(line_buffering=True)  # in a log, a pipe, a notebook
     # Imported once the arguments are parsed: --help and usage errors never load them.
     from . import decode
     from .ingest import SchedulerError
@@ -247,15 +250,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"\nopen the report in a browser:\n  {written.index.resolve().as_uri()}")
     print("\nthen try it on your own folder of X-rays (SRC/CLASS/*.jpeg, or "
           "SRC/{train,val,test}/CLASS/*.jpeg):")
-    width = 48
-    for command, note in [
-        ("xraybatch ingest SRC xray.zarr", "labels = folder names; --labels kermany3|FILE.csv"),
-        ("xraybatch stats xray.zarr --by split", "exact statistics per split and class"),
-        ("xraybatch report xray.zarr --out xray-report", "these figures for your data"
+    program, python = _invocation()
+    commands = [
+        (f"{program} ingest SRC xray.zarr", "labels = folder names; --labels kermany3|FILE.csv"),
+        (f"{program} stats xray.zarr --by split", "exact statistics per split and class"),
+        (f"{program} report xray.zarr --out xray-report", "these figures for your data"
          + ("" if report else ", needs xraybatch[plot]")),
-        ("python benchmarks/run.py SRC", "loader speed here (in the repository, '.[bench]')")]:
-        print(f"  {command:<{width}} # {note}")
+        (f"{python} benchmarks/run.py SRC", "loader speed here (in the repository, '.[bench]')")]
+    width = max(len(command) for command, _ in commands)
+    for command, note in commands:
+        print(f"  {command:<{width}}  # {note}")
     return 0
+
+
+def _invocation() -> tuple[str, str]:
+    """This ``xraybatch`` and its Python as the user can type them again: the bare names when
+    the shell finds these very files, else their paths (``.venv/bin/xraybatch``)."""
+    def typed(path: str, name: str) -> str:
+        found = shutil.which(name)
+        if found and os.path.abspath(found) == os.path.abspath(path):
+            return name
+        relative = os.path.relpath(path)
+        return os.path.abspath(path) if relative.startswith("..") else relative
+
+    python = typed(sys.executable, "python")
+    script = sys.argv[0]
+    if os.path.basename(script) == "xraybatch":
+        return typed(script, "xraybatch"), python
+    return f"{python} -m xraybatch", python  # python -m xraybatch, or main() called from Python
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -391,7 +413,8 @@ def _next_commands(out: str) -> str:
     """What to run on a store just written: its statistics, then its report."""
     report = out.rstrip("/").rsplit("/", 1)[-1] if "://" in out else out.rstrip("/")
     report = (report[:-5] if report.endswith(".zarr") else report) + "-report"
-    return (f"xraybatch stats {shlex.quote(out)} --by split, then xraybatch report "
+    program = _invocation()[0]
+    return (f"{program} stats {shlex.quote(out)} --by split, then {program} report "
             f"{shlex.quote(out)} --out {shlex.quote(report)} (figures and index.html)")
 
 

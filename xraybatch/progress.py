@@ -121,7 +121,9 @@ class Progress:
         text = f"{self.done}/{self.total} {self.unit} ({percent}%)"
         if self.done and seconds > 0:
             rate = self.done / seconds
-            text += f", {rate:.0f} {self.unit}/s, {_duration((self.total - self.done) / rate)} left"
+            text += f", {rate:.0f} {self.unit}/s"
+            if self.done < self.total:
+                text += f", {_duration((self.total - self.done) / rate)} left"
         return text
 
     def _line(self, text: str) -> None:
