@@ -159,7 +159,8 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
         return []
     with Progress().start(images) if progress else nullcontext() as bar:
         if isinstance(scheduler, str):
-            count = dask_callback(bar, _images_done) if bar else nullcontext()
+            keys = {task.key for task in tasks}
+            count = dask_callback(bar, _images_done, keys) if bar else nullcontext()
             with count:  # the function, not its name: a name makes dask import distributed
                 return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
                                          num_workers=workers))
@@ -167,6 +168,7 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
 
 
 def _images_done(result: Any) -> int:
+    """Images of a finished chunk task, for the progress display."""
     return result.n if isinstance(result, ChunkReport) else 0
 
 

@@ -13,7 +13,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TextIO
 
 
@@ -150,9 +150,11 @@ class Progress:
                 self._draw()
 
 
-def dask_callback(progress: Progress, count: Callable[[Any], int]):
+def dask_callback(progress: Progress, count: Callable[[Any], int],
+                  keys: Collection[Any] | None = None):
     """A Dask callback (local schedulers) that advances ``progress`` by ``count(result)``
-    for every finished task.
+    for every finished task (of ``keys`` only, if given: a callback sees every computation
+    that runs in the process meanwhile).
 
     Examples
     --------
@@ -167,7 +169,8 @@ def dask_callback(progress: Progress, count: Callable[[Any], int]):
     from dask.callbacks import Callback
 
     def posttask(key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        progress.advance(count(result))
+        if keys is None or key in keys:
+            progress.advance(count(result))
 
     return Callback(posttask=posttask)
 
