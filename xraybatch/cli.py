@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="xraybatch", formatter_class=fmt,
         description="Turn a folder of X-ray images into an analysis-ready zarr dataset.",
         epilog=_examples("""
-            xraybatch demo                              # synth -> ingest -> stats, end to end
+            xraybatch demo                              # synth -> ingest -> stats -> report
             xraybatch ingest chest_xray xray.zarr --labels kermany3
             xraybatch stats xray.zarr --by split
             xraybatch report xray.zarr --out xray-report  # figures + QC, needs xraybatch[plot]
@@ -54,9 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", formatter_class=fmt, help="synthetic data -> ingest -> stats",
-                       description="Generate a synthetic Kermany-shaped dataset, ingest it and "
-                                   "print its statistics.",
+    d = sub.add_parser("demo", formatter_class=fmt,
+                       help="synthetic data -> ingest -> stats -> report",
+                       description="Generate a synthetic Kermany-shaped dataset, ingest it, "
+                                   "print its statistics and write its report (DIR/report/"
+                                   "index.html; the figures need xraybatch[plot]).",
                        epilog=_examples("xraybatch demo\nxraybatch demo /tmp/xdemo --n 1000"))
     d.add_argument("dir", nargs="?", default="xraybatch-demo",
                    help="working folder (default: ./xraybatch-demo)")
