@@ -66,8 +66,9 @@ class Progress:
 
     def start(self, total: int) -> Progress:
         """Begin counting towards ``total`` items; returns itself (``with bar.start(n):``)."""
-        self.total, self.done = total, 0
+        self.total, self.done, self.step, self.width = total, 0, 0, 0
         self.t0 = self.last_line = self.clock()
+        self.stopped.clear()
         if not self.live:
             self._line(f"started, {total} {self.unit}")
             return self
