@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, decode
+from .choices import DEFAULT_INTERPOLATION, INTERPOLATION_CHOICES
 from .ingest import DEFAULT_CHUNK, IngestResult, SchedulerError, ingest
 from .scan import ScanError
 from .stats import table as stats_table
@@ -88,8 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--size", type=int, default=256, help="output side in pixels (default: 256)")
     i.add_argument("--labels", default="folder", metavar="folder|kermany3|FILE.csv",
                    help="label scheme (default: folder)")
-    i.add_argument("--interpolation", choices=sorted(decode.INTERPOLATIONS), default="area",
-                   help="resize filter; linear reproduces the tutorial (default: area)")
+    i.add_argument("--interpolation", choices=INTERPOLATION_CHOICES,
+                   default=DEFAULT_INTERPOLATION,
+                   help="resize filter; auto: linear after a DCT-reduced decode, else area; "
+                        "linear with --decode exact reproduces the tutorial (default: auto)")
     i.add_argument("--decode", choices=decode.DECODE_MODES, default="fast",
                    help="fast: DCT-scaled JPEG decode when big enough; exact: full decode "
                         "(default: fast)")

@@ -26,6 +26,7 @@ import pandas as pd
 import zarr
 
 from . import decode, store
+from .choices import DEFAULT_INTERPOLATION, INTERPOLATION_CHOICES
 from .scan import Scan, scan
 from .store import StoreError, StoreRef
 
@@ -200,7 +201,8 @@ def _connect(address: str):
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
-           labels: str = "folder", interpolation: str = "area", decode_mode: str = "fast",
+           labels: str = "folder", interpolation: str = DEFAULT_INTERPOLATION,
+           decode_mode: str = "fast",
            chunk: int = DEFAULT_CHUNK, scheduler: Any = "threads", workers: int | None = None,
            overwrite: bool = False, resume: bool = False, progress: bool = False,
            max_pixels: int = decode.MAX_PIXELS, storage_options: dict | None = None,
@@ -214,8 +216,9 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     out
         Store path or fsspec URL (``s3://bucket/x.zarr`` needs ``xraybatch[s3]``).
     size, interpolation, decode_mode
-        Output side, ``"area"`` or ``"linear"`` resize, ``"fast"`` (DCT-scaled JPEG
-        decode) or ``"exact"`` (full decode).
+        Output side; resize filter ``"auto"`` (bilinear after a DCT-reduced decode, area
+        otherwise: :func:`xraybatch.decode.interpolation_for`), ``"area"`` or ``"linear"``;
+        ``"fast"`` (DCT-scaled JPEG decode) or ``"exact"`` (full decode).
     labels
         ``"folder"``, ``"kermany3"`` or the path of a CSV file (see :func:`xraybatch.scan`).
     chunk
@@ -250,8 +253,9 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         raise ValueError(f"size must be between 8 and 4096, got {size}")
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
-    if interpolation not in decode.INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {interpolation!r}: use area or linear")
+    if interpolation not in INTERPOLATION_CHOICES:
+        raise ValueError(f"unknown interpolation {interpolation!r}: use "
+                         f"{', '.join(INTERPOLATION_CHOICES)}")
     if decode_mode not in decode.DECODE_MODES:
         raise ValueError(f"unknown decode mode {decode_mode!r}: use fast or exact")
     if overwrite and resume:
