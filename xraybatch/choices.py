@@ -5,7 +5,7 @@ stays fast.
 """
 
 #: Resize filters. ``auto``: INTER_LINEAR after a DCT-reduced JPEG decode (the decoder has
-#: already averaged 2x2 to 8x8 blocks, and what is left to shrink is less than 2x), and
-#: INTER_AREA otherwise (full decodes, other formats, upscaling).
+#: already averaged 2x2 to 8x8 blocks), INTER_AREA otherwise (see
+#: ``xraybatch.decode.interpolation_for``).
 INTERPOLATION_CHOICES = ("auto", "area", "linear")
 DEFAULT_INTERPOLATION = "auto"

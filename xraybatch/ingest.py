@@ -8,6 +8,7 @@ twice (retry, resume, a worker lost) is written with the same bytes.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -116,7 +117,7 @@ def run_chunk(task: ChunkTask) -> ChunkReport:
     # Dask already runs one task per core; OpenCV's own pool would oversubscribe them.
     cv2.setNumThreads(1)
     try:
-        group = task.ref.open("r+")
+        group = store.open_for_chunks(task.ref)
     except FileNotFoundError:
         raise StoreError(f"{socket.gethostname()} cannot open {task.ref.url}: on a cluster, "
                          "OUT must be on a file system or object store every worker reaches"
@@ -146,7 +147,10 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
         key = f"xraybatch-chunk-{rank:06d}-{index}-{dask.base.tokenize(spec)}"
-        tasks.append(dask.delayed(run_chunk, pure=True)(spec, dask_key_name=key))
+        # The spec is bound in a partial: passed as an argument, dask would walk its 64
+        # paths looking for collections (3 ms per task, seconds on large folders).
+        task = dask.delayed(functools.partial(run_chunk, spec), name=key, pure=True)
+        tasks.append(task(dask_key_name=key))
     return tasks
 
 
@@ -326,12 +330,26 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
 def _summarize(ref: StoreRef, found: Scan, reports: list[ChunkReport],
                seconds: float) -> IngestResult:
     group = ref.open("r")
-    failures = store.failures(group)
     n = int(group.attrs["n_images"])
+    chunks_total = store.n_chunks(n, int(group.attrs["chunk"]))
+    # A run that wrote every chunk has every failure in its reports; reading them back
+    # from the store costs three whole string arrays. A resumed run reads the store.
+    failures = (_failures(found, reports) if len(reports) == chunks_total
+                else store.failures(group))
     return IngestResult(out=ref.url, n_images=n, n_stored=n - len(failures), failures=failures,
                         skipped=found.skipped, seconds=seconds, chunks_run=len(reports),
-                        chunks_total=store.n_chunks(n, int(group.attrs["chunk"])),
+                        chunks_total=chunks_total,
                         bytes_read=sum(r.bytes_read for r in reports), reports=reports)
+
+
+def _failures(found: Scan, reports: list[ChunkReport]) -> pd.DataFrame:
+    """What :func:`store.failures` reads back, from the chunk reports of this run."""
+    rows = sorted(f for r in reports for f in r.failures)
+    paths = found.manifest.path.to_numpy()
+    return pd.DataFrame({"path": [paths[i] for i, _, _ in rows],
+                         "status": [code for _, code, _ in rows],
+                         "message": [message for _, _, message in rows]},
+                        columns=["path", "status", "message"])
 
 
 def _summary_attrs(result: IngestResult) -> dict[str, Any]:
