@@ -127,8 +127,8 @@ class Timeline:
             setattr(module, name, original)
 
 
-def run(src: str, mode: str, interpolation: str, workers: int, tmp: str | None = None,
-        bins: int = 20) -> dict[str, Any]:
+def run(src: str, mode: str, interpolation: str, workers: int, size: int = 256,
+        tmp: str | None = None) -> dict[str, Any]:
     out = os.path.join(tempfile.mkdtemp(prefix="xb-timeline-", dir=tmp), "out.zarr")
     sampler = _CpuSampler()
     try:
@@ -136,8 +136,8 @@ def run(src: str, mode: str, interpolation: str, workers: int, tmp: str | None =
         with Timeline() as tl:
             sampler.start()
             t0 = time.perf_counter()
-            result = xraybatch.ingest(src, out, decode_mode=mode, interpolation=interpolation,
-                                      workers=workers)
+            result = xraybatch.ingest(src, out, size=size, decode_mode=mode,
+                                      interpolation=interpolation, workers=workers)
             t1 = time.perf_counter()
             sampler.stop.set()
             sampler.join()
@@ -163,7 +163,8 @@ def run(src: str, mode: str, interpolation: str, workers: int, tmp: str | None =
             "threads": [{"first_start": a - compute[0], "last_end": b - compute[0],
                          "busy": busy} for a, b, busy in threads.values()],
             "compute": compute[1] - compute[0],
-            "cores": _cores_over_time(sampler.samples, t0, t1, bins),
+            # CPU times tick every 10 ms: bins of at least 0.1 s, at most 20 of them.
+            "cores": _cores_over_time(sampler.samples, t0, t1, max(1, min(20, int(wall / 0.1)))),
             "phase_marks": [(name, a - t0, b - t0) for name, a, b in tl.phases]}
 
 
@@ -225,11 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interpolation", default=None,
                    help="resize filter (default: xraybatch's default)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--size", type=int, default=256, help="output side in pixels (256)")
     p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     p.add_argument("--tmp", help="folder for the temporary store (default: system temp)")
     args = p.parse_args(argv)
     interpolation = args.interpolation or ingest_mod.ingest.__kwdefaults__["interpolation"]
-    t = run(args.src, args.decode, interpolation, args.workers, args.tmp)
+    t = run(args.src, args.decode, interpolation, args.workers, args.size, args.tmp)
     print(json.dumps(t) if args.json else markdown(t))
     return 0
 

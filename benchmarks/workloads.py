@@ -15,6 +15,8 @@ Workloads (``spec["kind"]``):
 ``ingest``        ``xraybatch.ingest`` with a decode mode and a scheduler.
 ``reference``     serial, untimed: digests of the reference arrays and fast-vs-exact quality.
 ``profile``       serial, one thread: where the time goes per stage of the ingest pipeline.
+``timeline``      one default ingest with timers on its phases and stages (``timeline.py``).
+``loader``        one training epoch through one loader (``loaders.py``).
 """
 
 from __future__ import annotations
@@ -329,7 +331,8 @@ def _du(path: str) -> int:
 
 def reference_fast(path: str, size: int, interpolation: str) -> np.ndarray | None:
     """The reduced-decode reference, from OpenCV alone: the largest libjpeg scale 1/2..1/8
-    whose output keeps both sides >= size, then the resize."""
+    whose output keeps both sides >= size, then the resize (``auto``: bilinear after a
+    reduced decode less than 4x ``size`` on its longer side, else area)."""
     full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
     if full is None:
         return None
@@ -339,28 +342,37 @@ def reference_fast(path: str, size: int, interpolation: str) -> np.ndarray | Non
             scale = next((s for s in (8, 4, 2) if min(-(-full.shape[0] // s),
                                                      -(-full.shape[1] // s)) >= size), 1)
     image = full if scale == 1 else cv2.imread(path, _CV_REDUCED[scale])
+    if interpolation == "auto":
+        interpolation = "linear" if scale > 1 and max(image.shape) < 4 * size else "area"
     return cv2.resize(image, (size, size), interpolation=_CV_INTER[interpolation])
 
 
 def reference(paths: list[str], size: int, interpolation: str) -> dict[str, Any]:
-    """Serial cv2 references for every output, and the quality of fast against exact."""
-    hashes = {k: hashlib.sha256() for k in ("tutorial", "exact", "fast")}
+    """Serial cv2 references for every output, and the quality of fast mode (with
+    ``interpolation``), of the default (fast, auto) and of the tutorial against a full
+    decode + INTER_AREA."""
+    kinds = ("tutorial", "exact", "fast", "auto", "area")
+    hashes = {k: hashlib.sha256() for k in kinds}
     per_image = []
-    sq = {"fast": 0.0, "tutorial": 0.0}
-    maxdiff = {"fast": 0, "tutorial": 0}
+    compared = ("fast", "auto", "tutorial")
+    sq = dict.fromkeys(compared, 0.0)
+    maxdiff = dict.fromkeys(compared, 0)
     for path in paths:
         full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
         zero = np.zeros((size, size), np.uint8)
-        exact = zero if full is None else cv2.resize(full, (size, size),
-                                                     interpolation=_CV_INTER[interpolation])
-        tut = zero if full is None else cv2.resize(full, (size, size))
-        fast = reference_fast(path, size, interpolation)
-        fast = zero if fast is None else fast
-        for name, image in (("tutorial", tut), ("exact", exact), ("fast", fast)):
-            hashes[name].update(image.tobytes())
+        images = {"tutorial": zero, "exact": zero, "fast": zero, "auto": zero, "area": zero}
+        if full is not None:
+            images.update(
+                tutorial=cv2.resize(full, (size, size)),
+                exact=cv2.resize(full, (size, size), interpolation=_CV_INTER[interpolation]),
+                area=cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA),
+                fast=reference_fast(path, size, interpolation),
+                auto=reference_fast(path, size, "auto"))
+        for name in kinds:
+            hashes[name].update(images[name].tobytes())
         row = {"path": path}
-        for name, image in (("fast", fast), ("tutorial", tut)):
-            diff = image.astype(np.int32) - exact
+        for name in compared:
+            diff = images[name].astype(np.int32) - images["area"]
             mse = float(np.mean(diff.astype(np.float64) ** 2))
             sq[name] += mse
             maxdiff[name] = max(maxdiff[name], int(np.abs(diff).max()))
@@ -369,10 +381,11 @@ def reference(paths: list[str], size: int, interpolation: str) -> dict[str, Any]
         row["full_shape"] = None if full is None else list(full.shape)
         per_image.append(row)
     n = max(len(paths), 1)
-    return {"digests": {k: h.hexdigest() for k, h in hashes.items()},
-            "quality": {"fast_psnr": psnr(sq["fast"] / n), "fast_maxdiff": maxdiff["fast"],
-                        "tutorial_psnr": psnr(sq["tutorial"] / n),
-                        "tutorial_maxdiff": maxdiff["tutorial"], "per_image": per_image}}
+    quality = {"per_image": per_image}
+    for name in compared:
+        quality[f"{name}_psnr"] = psnr(sq[name] / n)
+        quality[f"{name}_maxdiff"] = maxdiff[name]
+    return {"digests": {k: h.hexdigest() for k, h in hashes.items()}, "quality": quality}
 
 
 def psnr(mse: float) -> float | None:
@@ -404,7 +417,8 @@ def profile(paths: list[str], classes: list[str], size: int, interpolation: str,
             header = timed("header", decode.read_header, data)
             scale = decode.dct_scale(header, size) if mode == "fast" else 1
             image = timed("decode", decode.decode_gray, data, header, scale)
-            small = timed("resize", decode.resize, image, size, interpolation)
+            method = decode.interpolation_for(interpolation, scale, image.shape, size)
+            small = timed("resize", decode.resize, image, size, method)
             timed("hist", decode.histogram, small)
         except decode.ImageError:
             pass
@@ -544,6 +558,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "ingest":  # no file list of our own: it would weigh on the measured RSS
         result = run_ingest(spec)
         return {**result, **_maxrss()}
+    if kind == "timeline":
+        import timeline
+
+        return {**timeline.run(spec["src"], "fast", "auto", workers, size, spec.get("tmp")),
+                **_maxrss()}
+    if kind == "loader":
+        import loaders
+
+        with Meter() as meter:
+            result = loaders.epoch(spec)
+        return {**result, **meter.result(), "input_bytes": 0, **_maxrss()}
     paths, weights, classes = source_files(spec["src"], spec.get("limit"))
     result: dict[str, Any] = {"n": len(paths), "input_bytes": int(sum(weights))}
     if kind == "reference":
