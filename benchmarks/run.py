@@ -201,8 +201,8 @@ def tuning_specs(sweep: str, args, src: str) -> dict[str, dict]:
         specs = {}
         for k in range(1, args.workers + 1):
             specs[f"default threads ({k})"] = {**fast, "interpolation": "auto", "workers": k}
-            specs[f"fast threads ({k})"] = {**fast, "workers": k}
-            specs[f"exact threads ({k})"] = {**ingest_spec(args, src, "exact"), "workers": k}
+            specs[f"exact linear threads ({k})"] = {**ingest_spec(args, src, "exact"),
+                                                    "interpolation": "linear", "workers": k}
             specs[f"decode-only limit ({k})"] = base_spec(args, src, "decode_limit", workers=k)
         return specs
     if sweep == "chunk":

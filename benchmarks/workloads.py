@@ -329,60 +329,77 @@ def _du(path: str) -> int:
 # --- references and quality (untimed) ---------------------------------------------------------
 
 
-def reference_fast(path: str, size: int, interpolation: str) -> np.ndarray | None:
+def reduced_reference(path: str, full: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     """The reduced-decode reference, from OpenCV alone: the largest libjpeg scale 1/2..1/8
-    whose output keeps both sides >= size, then the resize (``auto``: bilinear after a
-    reduced decode less than 4x ``size`` on its longer side, else area)."""
-    full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if full is None:
-        return None
+    whose output keeps both sides >= size (``full`` is the full decode), and the scale."""
     scale = 1
     with open(path, "rb") as f:
         if f.read(3) == b"\xff\xd8\xff":
             scale = next((s for s in (8, 4, 2) if min(-(-full.shape[0] // s),
                                                      -(-full.shape[1] // s)) >= size), 1)
-    image = full if scale == 1 else cv2.imread(path, _CV_REDUCED[scale])
+    return (full if scale == 1 else cv2.imread(path, _CV_REDUCED[scale])), scale
+
+
+def resize_reference(image: np.ndarray, scale: int, size: int,
+                     interpolation: str) -> np.ndarray:
+    """The resize (``auto``: bilinear after a reduced decode less than 4x ``size`` on its
+    longer side, else area)."""
     if interpolation == "auto":
         interpolation = "linear" if scale > 1 and max(image.shape) < 4 * size else "area"
     return cv2.resize(image, (size, size), interpolation=_CV_INTER[interpolation])
+
+
+_KINDS = ("tutorial", "exact", "fast", "auto", "area")
+_COMPARED = ("fast", "auto", "tutorial")  # each against "area" (full decode + INTER_AREA)
+
+
+def _reference_one(path: str, size: int, interpolation: str) -> tuple[dict, dict]:
+    """Every reference output of one file (zeros if OpenCV cannot read it), and the
+    squared error, PSNR and max |diff| of the compared ones."""
+    full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if full is None:
+        images = dict.fromkeys(_KINDS, np.zeros((size, size), np.uint8))
+    else:
+        reduced, scale = reduced_reference(path, full, size)
+        images = {"tutorial": cv2.resize(full, (size, size)),
+                  "exact": cv2.resize(full, (size, size),
+                                      interpolation=_CV_INTER[interpolation]),
+                  "area": cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA),
+                  "fast": resize_reference(reduced, scale, size, interpolation),
+                  "auto": resize_reference(reduced, scale, size, "auto")}
+    row = {}
+    for name in _COMPARED:
+        diff = images[name].astype(np.int32) - images["area"]
+        row[f"{name}_mse"] = float(np.mean(diff.astype(np.float64) ** 2))
+        row[f"{name}_psnr"] = psnr(row[f"{name}_mse"])
+        row[f"{name}_maxdiff"] = int(np.abs(diff).max())
+    return images, row
 
 
 def reference(paths: list[str], size: int, interpolation: str) -> dict[str, Any]:
     """Serial cv2 references for every output, and the quality of fast mode (with
     ``interpolation``), of the default (fast, auto) and of the tutorial against a full
     decode + INTER_AREA."""
-    kinds = ("tutorial", "exact", "fast", "auto", "area")
-    hashes = {k: hashlib.sha256() for k in kinds}
+    hashes = {k: hashlib.sha256() for k in _KINDS}
     per_image = []
-    compared = ("fast", "auto", "tutorial")
-    sq = dict.fromkeys(compared, 0.0)
-    maxdiff = dict.fromkeys(compared, 0)
+    sq = dict.fromkeys(_COMPARED, 0.0)
+    maxdiff = dict.fromkeys(_COMPARED, 0)
+    links: dict[str, tuple[dict, dict]] = {}
     for path in paths:
-        full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        zero = np.zeros((size, size), np.uint8)
-        images = {"tutorial": zero, "exact": zero, "fast": zero, "auto": zero, "area": zero}
-        if full is not None:
-            images.update(
-                tutorial=cv2.resize(full, (size, size)),
-                exact=cv2.resize(full, (size, size), interpolation=_CV_INTER[interpolation]),
-                area=cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA),
-                fast=reference_fast(path, size, interpolation),
-                auto=reference_fast(path, size, "auto"))
-        for name in kinds:
+        real = os.path.realpath(path)
+        images, row = links.get(real) or _reference_one(path, size, interpolation)
+        if real != path:  # a link (--replicate): its target is decoded once
+            links[real] = images, row
+        for name in _KINDS:
             hashes[name].update(images[name].tobytes())
-        row = {"path": path}
-        for name in compared:
-            diff = images[name].astype(np.int32) - images["area"]
-            mse = float(np.mean(diff.astype(np.float64) ** 2))
-            sq[name] += mse
-            maxdiff[name] = max(maxdiff[name], int(np.abs(diff).max()))
-            row[f"{name}_psnr"] = psnr(mse)
-            row[f"{name}_maxdiff"] = int(np.abs(diff).max())
-        row["full_shape"] = None if full is None else list(full.shape)
-        per_image.append(row)
+        for name in _COMPARED:
+            sq[name] += row[f"{name}_mse"]
+            maxdiff[name] = max(maxdiff[name], row[f"{name}_maxdiff"])
+        per_image.append({"path": path, **{k: v for k, v in row.items()
+                                           if not k.endswith("_mse")}})
     n = max(len(paths), 1)
     quality = {"per_image": per_image}
-    for name in compared:
+    for name in _COMPARED:
         quality[f"{name}_psnr"] = psnr(sq[name] / n)
         quality[f"{name}_maxdiff"] = maxdiff[name]
     return {"digests": {k: h.hexdigest() for k, h in hashes.items()}, "quality": quality}
