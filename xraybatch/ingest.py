@@ -275,12 +275,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     # Connect before the store is created, so an unreachable cluster leaves OUT untouched.
     with connected(scheduler) as target, store.locked(ref):
         group = _resume(ref, found, {**attrs, "size": size}) if resume else None
-        if group is None:  # a new store, or a resumed one whose creation was interrupted
+        created = group is None
+        if created:  # a new store, or a resumed one whose creation was interrupted
             group = store.create(ref, found.manifest, size=size, chunk=chunk,
                                  classes=found.classes, splits=found.splits, attrs=attrs,
                                  overwrite=overwrite or resume)
         chunk = int(group.attrs["chunk"])
-        todo = [int(i) for i in np.flatnonzero(~store.done_chunks(group))]
+        todo = (list(range(store.n_chunks(len(found.manifest), chunk))) if created
+                else [int(i) for i in np.flatnonzero(~store.done_chunks(group))])
         params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
                       decode=decode_mode, max_pixels=max_pixels)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
