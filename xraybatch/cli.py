@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Only light imports here, so that --help answers at once: the commands import what they use.
-from .options import DECODE_MODES, DEFAULT_CHUNK, INTERPOLATIONS, MAX_PIXELS
+from .options import (
+    DECODE_MODES,
+    DEFAULT_CHUNK,
+    DEFAULT_INTERPOLATION,
+    INTERPOLATION_CHOICES,
+    MAX_PIXELS,
+)
 
 if TYPE_CHECKING:
     from .ingest import IngestResult
@@ -88,8 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--size", type=int, default=256, help="output side in pixels (default: 256)")
     i.add_argument("--labels", default="folder", metavar="folder|kermany3|FILE.csv",
                    help="label scheme (default: folder)")
-    i.add_argument("--interpolation", choices=sorted(INTERPOLATIONS), default="area",
-                   help="resize filter; linear reproduces the tutorial (default: area)")
+    i.add_argument("--interpolation", choices=INTERPOLATION_CHOICES,
+                   default=DEFAULT_INTERPOLATION,
+                   help="resize filter; auto: linear after a DCT-reduced decode, else area; "
+                        "linear with --decode exact reproduces the tutorial (default: auto)")
     i.add_argument("--decode", choices=DECODE_MODES, default="fast",
                    help="fast: DCT-scaled JPEG decode when big enough; exact: full decode "
                         "(default: fast)")

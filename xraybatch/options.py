@@ -5,8 +5,13 @@ The command line builds its parser from these without importing OpenCV, Dask or 
 so each value is defined once.
 """
 
-#: Resize filters, named as OpenCV's ``INTER_*`` flags (the default first).
+#: Resize filters, named as OpenCV's ``INTER_*`` flags.
 INTERPOLATIONS = ("area", "linear")
+#: ``--interpolation`` values. ``auto``: INTER_LINEAR after a DCT-reduced JPEG decode (the
+#: decoder has already averaged 2x2 to 8x8 blocks, and what is left to shrink is small), and
+#: INTER_AREA otherwise (full decodes, other formats, upscaling).
+INTERPOLATION_CHOICES = ("auto", *INTERPOLATIONS)
+DEFAULT_INTERPOLATION = "auto"
 #: JPEG decode modes: DCT-scaled when the image is big enough, or always full size.
 DECODE_MODES = ("fast", "exact")
 #: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
