@@ -201,8 +201,11 @@ def reference_image(path: Path, size: int, scale: int = 1) -> np.ndarray:
     """The plain OpenCV reference: read as 8-bit gray (at 1/scale for JPEG), area resize."""
     flags = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
              4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[scale]
-    image = cv2.imread(str(path), flags)
+    image = cv2.imread(str(path), flags | cv2.IMREAD_ANYDEPTH)
     assert image is not None, path
+    if image.dtype != np.uint8:  # deeper than 8 bits: the default window is the image's min-max
+        low, high = float(image.min()), float(image.max())
+        image = np.floor((image - low) / (high - low) * 255 + 0.5).astype(np.uint8)
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
