@@ -53,6 +53,9 @@ def header(data: bytes) -> Header:
     except Exception as e:  # pydicom raises many types for damaged data sets
         raise ImageError("corrupt", f"DICOM data set cannot be parsed: {e}") from None
     if "PixelData" not in ds:
+        if "Rows" in ds:  # pydicom stops quietly where a file ends: an image was cut off
+            raise ImageError("truncated", "DICOM describes an image but ends before its "
+                             "pixel data is complete")
         kind = ds.get("SOPClassUID", "")
         kind = getattr(kind, "name", kind)
         raise ImageError("no_pixels", f"DICOM without pixel data ({kind or 'no SOP class'})")
@@ -136,7 +139,7 @@ def _stored_pixels(ds: Any) -> np.ndarray:
                          f"{getattr(syntax, 'name', syntax)}: {INSTALL_HINT} ({e})"
                          .replace("\n", " ")) from None
     except ValueError as e:
-        code = "truncated" if "length" in str(e) or "end" in str(e) else "corrupt"
+        code = "truncated" if "less than expected" in str(e) else "corrupt"
         raise ImageError(code, f"DICOM pixel data: {e}".replace("\n", " ")) from None
     except Exception as e:  # a plugin's own error type for a damaged codestream
         raise ImageError("corrupt", f"DICOM pixel data cannot be decoded: {e}"
