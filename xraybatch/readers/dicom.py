@@ -53,7 +53,9 @@ def header(data: bytes) -> Header:
     except Exception as e:  # pydicom raises many types for damaged data sets
         raise ImageError("corrupt", f"DICOM data set cannot be parsed: {e}") from None
     if "PixelData" not in ds:
-        if "Rows" in ds:  # pydicom stops quietly where a file ends: an image was cut off
+        # pydicom stops quietly where a file ends (and drops the data set when that is
+        # inside an encapsulated pixel data element): an image was cut off.
+        if "Rows" in ds or not len(ds):
             raise ImageError("truncated", "DICOM describes an image but ends before its "
                              "pixel data is complete")
         kind = ds.get("SOPClassUID", "")
