@@ -4,7 +4,7 @@ OpenCV with DCT-domain downscaling, and a check for damaged entropy data.
 libjpeg only *warns* about damaged entropy-coded data ("Corrupt JPEG data: N extraneous
 bytes before marker", "Premature end of data segment") and OpenCV does not pass the warning
 on: the image decodes with grey bands. Two cheap checks find what those warnings mean:
-a marker that cannot occur inside scan data (numpy over the compressed bytes), and libjpeg's
+a marker that cannot occur inside scan data (a regex over the compressed bytes), and libjpeg's
 grey fill (every coefficient zero, so exactly 128) in the last block of the decoded image,
 which is where the fill of a premature end always lands. The corner test is confirmed on a
 full-size decode when the DCT-reduced block is too small to be telling (rare: only for files
@@ -14,6 +14,7 @@ whose last reduced block is exactly 128).
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import replace
 
@@ -28,11 +29,10 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
             4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
-# Bytes that may follow 0xFF between the first scan and EOI: stuffing, fill, restart markers,
-# and the tables, comments and scans of multi-scan (progressive, non-interleaved) files.
-_IN_SCAN = np.zeros(256, bool)
-_IN_SCAN[[0x00, 0xFF, 0xC4, 0xCC, 0xDA, 0xDB, 0xDD, 0xFE, *range(0xD0, 0xD8),
-          *range(0xE0, 0xF0)]] = True
+# 0xFF followed by a byte that cannot occur between the first scan and EOI: not stuffing,
+# fill, a restart marker, nor the tables, comments and scans of multi-scan files. A compiled
+# regex searches the compressed bytes in place (no copy), ~0.7 ns per byte.
+_BAD_MARKER = re.compile(rb"\xff[^\x00\xff\xc4\xcc\xda\xdb\xdd\xfe\xd0-\xd7\xe0-\xef]")
 _GREY_FILL = 128  # libjpeg's output for a block whose coefficients are all zero
 _MIN_TELLING_BLOCK = 4  # a reduced block smaller than this is confirmed at full size
 
@@ -119,13 +119,11 @@ def damage(data: bytes, header: Header, image: np.ndarray, scale: int) -> str:
     """Why libjpeg would have warned about this file's entropy data ("" if it would not)."""
     start = header.source
     if isinstance(start, int):
-        end = data.rfind(b"\xff\xd9")
-        scan = np.frombuffer(data, np.uint8, count=end - start, offset=start)
-        ff = np.flatnonzero(scan[:-1] == 0xFF)
-        bad = ff[~_IN_SCAN[scan[ff + 1]]]
-        if len(bad):
-            return (f"damaged JPEG data: marker 0x{scan[bad[0] + 1]:02x} inside the scan data "
-                    f"at byte {start + bad[0]} (libjpeg: 'Corrupt JPEG data')")
+        # Up to the first EOI: data appended after the image (a second JPEG) is not its scan.
+        bad = _BAD_MARKER.search(data, start, data.find(b"\xff\xd9", start))
+        if bad:
+            return (f"damaged JPEG data: marker 0x{bad.group()[1]:02x} inside the scan data at "
+                    f"byte {bad.start()} (libjpeg: 'Corrupt JPEG data')")
     if _grey_corner(image, scale) and (scale == 1 or 8 // scale >= _MIN_TELLING_BLOCK
                                        or _grey_corner(decode_at(data, header), 1)):
         return ("damaged JPEG data: the image ends in libjpeg's grey fill (libjpeg: 'Premature "
