@@ -12,6 +12,7 @@ import pytest
 import xraybatch
 from xraybatch import patients
 from xraybatch.cli import main
+from xraybatch.report import write_report
 from xraybatch.scan import scan
 from xraybatch.synth_dicom import synth_dicom
 
@@ -63,6 +64,10 @@ def test_leakage_check_finds_every_planted_patient(dicom_trees, tmp_path, leaked
                                                                         == patient])]
     # The CLI: text, --json key "patients", --strict fails only on leakage.
     assert main(["stats", str(out), "--strict"]) == (1 if leaked else 0)
+    if leaked:  # the report shows them
+        page = write_report(out, tmp_path / "report").index.read_text()
+        assert "Patients in more than one split" in page
+        assert all(f"<td>{p}</td>" in page for p in planted)
 
 
 def test_kermany_names_leak_across_splits(synth_copy, tmp_path, capsys) -> None:
