@@ -159,11 +159,11 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> flo
 
 
 def choose_window(method: str, r: Rendering, values: np.ndarray, counts: np.ndarray,
-                  eight_bit: bool = False) -> Window:
+                  ) -> Window:
     """The VOI to apply, given the modality values present (sorted) and their counts.
 
-    ``header`` takes the header's first window, else its VOI LUT Sequence, else shows 8-bit
-    data without a modality transform as is (``identity``) and anything deeper by min-max.
+    ``header`` takes the header's first window, else its VOI LUT Sequence, else min-max
+    (:func:`render` shows 8-bit data without any transform as is before asking).
     ``minmax`` and ``percentile`` ignore the header and map the image's own range (min-max,
     or :data:`~xraybatch.choices.PERCENTILES`) linearly (LINEAR_EXACT) to 0..255.
 
@@ -179,8 +179,6 @@ def choose_window(method: str, r: Rendering, values: np.ndarray, counts: np.ndar
             return Window("header", float(r.center), float(r.width), r.function)
         if r.voi_lut is not None:
             return Window("voi_lut", function="LUT")
-        if eight_bit and not r.has_modality:
-            return Window("identity", 127.5, 255.0, "LINEAR_EXACT")
         method = "minmax"
     if method == "minmax":
         low, high = float(values[0]), float(values[-1])
@@ -214,6 +212,11 @@ def render(stored: np.ndarray, r: Rendering = Rendering(), method: str = "header
     """
     stored = np.asarray(stored)
     eight_bit = stored.dtype == np.uint8
+    if (method == "header" and eight_bit and not r.has_window and r.voi_lut is None
+            and not r.has_modality):
+        # 8-bit data without any transform (a JPEG inside DICOM): no table to build.
+        window = Window("identity", 127.5, 255.0, "LINEAR_EXACT")
+        return (255 - stored if r.monochrome1 else stored), window
     if stored.dtype.kind in "iu" and stored.size:
         low, high = int(stored.min()), int(stored.max())
         if high - low < _MAX_TABLE:
@@ -223,10 +226,9 @@ def render(stored: np.ndarray, r: Rendering = Rendering(), method: str = "header
             x = modality(np.arange(low, high + 1), r)
             present = counts > 0
             order = np.argsort(x[present], kind="stable")  # a modality LUT may not be monotone
-            window = choose_window(method, r, x[present][order], counts[present][order],
-                                   eight_bit)
+            window = choose_window(method, r, x[present][order], counts[present][order])
             return _display(x, r, window)[offset], window
     x = modality(stored, r)
     flat = np.sort(x.ravel())
-    window = choose_window(method, r, flat, np.ones(len(flat), np.int64), eight_bit)
+    window = choose_window(method, r, flat, np.ones(len(flat), np.int64))
     return _display(x, r, window), window
