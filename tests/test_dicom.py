@@ -133,6 +133,42 @@ def test_compressed_syntaxes_decode_through_pydicom(syntax) -> None:
         decode.decode_gray(native, decode.read_header(native)), expected.astype(np.uint8))
 
 
+def test_lut_sequences_and_multi_valued_windows() -> None:
+    from pydicom.dataset import Dataset
+
+    stored = np.array([[99, 100, 101, 102, 200]], np.uint16)
+    lut = Dataset()
+    lut.LUTDescriptor = [3, 100, 12]
+    lut.add_new("LUTData", "US", [0, 2000, 4095])
+    ds = pydicom.dcmread(io.BytesIO(to_dicom(stored, bits_stored=12)))
+    ds.VOILUTSequence = [lut]
+    out = _saved(ds)
+    # Values below the first mapped one take the first entry, above the last the last one.
+    expected = np.floor(np.array([0, 0, 2000, 4095, 4095]) * 255 / 4095 + 0.5)
+    np.testing.assert_array_equal(decode.decode_gray(out, decode.read_header(out))[0], expected)
+    # A header window comes first (its first value when there are several).
+    ds.WindowCenter, ds.WindowWidth = [150, 40], [101, 400]
+    ds.VOILUTFunction = "LINEAR_EXACT"
+    out = _saved(ds)
+    expected = np.floor(np.clip((stored[0] - 150.0) / 101 + 0.5, 0, 1) * 255 + 0.5)
+    np.testing.assert_array_equal(decode.decode_gray(out, decode.read_header(out))[0], expected)
+    # A Modality LUT Sequence replaces the rescale.
+    del ds.VOILUTSequence, ds.WindowCenter, ds.WindowWidth
+    modality = Dataset()
+    modality.LUTDescriptor = [2, 101, 16]
+    modality.add_new("LUTData", "OW", np.array([10, 30], "<u2").tobytes())
+    ds.ModalityLUTSequence = [modality]
+    ds.RescaleSlope, ds.RescaleIntercept = 5, 1000
+    out = decode.process(_saved(ds), 5, mode="exact", window="minmax")
+    assert (out.meta["voi_center"], out.meta["voi_width"]) == (20.0, 20.0)
+
+
+def _saved(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 # --- bad DICOM -------------------------------------------------------------------------------
 
 

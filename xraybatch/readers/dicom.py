@@ -93,8 +93,10 @@ def _lut(item: Any) -> render.LUT | None:
     except (AttributeError, TypeError, ValueError):
         return None
     entries = entries or 65536
-    data = (np.frombuffer(raw, "<u2") if isinstance(raw, bytes)
-            else np.asarray(raw if isinstance(raw, (list, tuple)) else [raw], np.int64))
+    if isinstance(raw, bytes):  # OW data
+        data = np.frombuffer(raw, "<u2")
+    else:  # US data: one number or pydicom's MultiValue
+        data = np.asarray(list(raw) if isinstance(raw, Sequence) else [raw], np.int64)
     return render.LUT(first, bits, np.asarray(data[:entries], np.int64))
 
 
