@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .patients import patient_ids
 from .synth import MARKER
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
-                  ".pgm", ".ppm", ".pbm"}
+                  ".pgm", ".ppm", ".pbm", ".dcm", ".dicom"}
 SPLITS = ("train", "val", "test")
 NO_SPLIT = "none"
 KERMANY3 = ("NORMAL", "BACTERIA", "VIRUS")
@@ -36,8 +37,8 @@ class Scan:
 
     ``manifest`` has one row per image file, in store order, with columns ``path``
     (relative, posix), ``split``, ``class_name``, ``label``, ``bytes`` (-1 when the file
-    cannot be stat'ed; the decoder will give the reason). ``skipped`` lists files that are
-    not images or carry no label, with a ``reason``.
+    cannot be stat'ed; the decoder will give the reason), ``patient_id`` ("" if unknown).
+    ``skipped`` lists files that are not images or carry no label, with a ``reason``.
     """
 
     root: Path
@@ -113,7 +114,20 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, str]:
     return mapping
 
 
-def scan(root: str | os.PathLike, labels: str = "folder") -> Scan:
+def _is_dicom(path: Path) -> bool:
+    """An extension-less (or UID-named, ``1.2.840...3``) file with the DICOM preamble."""
+    suffix = path.suffix[1:]
+    if suffix and not suffix.isdigit():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def scan(root: str | os.PathLike, labels: str = "folder",
+         patient_id: str | None = None) -> Scan:
     """Scan ``root`` into a manifest.
 
     Parameters
@@ -124,6 +138,9 @@ def scan(root: str | os.PathLike, labels: str = "folder") -> Scan:
         ``"folder"`` (class = folder name, labels are the sorted names), ``"kermany3"``
         (NORMAL / BACTERIA / VIRUS, PNEUMONIA split by file name) or the path of a CSV file
         mapping relative path -> class.
+    patient_id
+        Regex searched in each relative path for the column ``patient_id`` (one group or a
+        group named ``patient``); by default Kermany file names give it ("" if unknown).
 
     Examples
     --------
@@ -155,7 +172,8 @@ def scan(root: str | os.PathLike, labels: str = "folder") -> Scan:
     for path, rel in zip(files, rels, strict=True):
         parts = tuple(rel.split("/"))
         name = parts[-1]
-        if path.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("._"):
+        if ((path.suffix.lower() not in IMAGE_SUFFIXES and not _is_dicom(path))
+                or name.startswith("._")):
             skipped.append((rel, "not_image"))
             continue
         split, inner = _split_of(parts, has_splits)
@@ -185,7 +203,8 @@ def scan(root: str | os.PathLike, labels: str = "folder") -> Scan:
     order = manifest.split.map({s: i for i, s in enumerate(splits)})
     manifest = (manifest.assign(_o=order).sort_values(["_o", "path"], kind="stable")
                 .drop(columns="_o").reset_index(drop=True))
-    manifest = manifest[["path", "split", "class_name", "label", "bytes"]]
+    manifest["patient_id"] = patient_ids(manifest.path, patient_id)
+    manifest = manifest[["path", "split", "class_name", "label", "bytes", "patient_id"]]
     skipped_df = pd.DataFrame(sorted(skipped), columns=["path", "reason"])
     return Scan(root, manifest, classes, splits, skipped_df)
 

@@ -14,6 +14,8 @@ import dask
 import numpy as np
 import pandas as pd
 
+from . import patients
+
 QUANTILES = {"p01": 1.0, "median": 50.0, "p99": 99.0}
 
 
@@ -128,7 +130,8 @@ def table(named: dict[str, dict[str, Any]]) -> pd.DataFrame:
 
 
 def compute(store) -> dict[str, Any]:
-    """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`."""
+    """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`,
+    and its patients (:func:`xraybatch.patients.summarize`)."""
     classes, splits = store.classes, store.splits
     labels, split, valid = store.labels.astype(np.int64), store.split.astype(np.int64), store.valid
     n_class = len(classes)
@@ -149,4 +152,9 @@ def compute(store) -> dict[str, Any]:
                             for j, s in enumerate(splits)},
         "class_counts": class_counts,
         **class_balance(class_counts),
+        # Valid images only: a file that was not stored cannot leak.
+        "patients": patients.summarize(store.patient_ids()[valid],
+                                       np.asarray(splits, dtype=object)[split[valid]],
+                                       np.asarray(classes, dtype=object)[labels[valid]],
+                                       splits, classes),
     }

@@ -10,13 +10,20 @@ without xraybatch)::
     split         (sample,)       int8     index into attrs["splits"]
     valid         (sample,)       bool     false where the file could not be used
     status        (sample,)       str      "ok" or a reason code (xraybatch.decode.REASONS)
-    message       (sample,)       str      the decoder's message for failures, else ""
+    message       (sample,)       str      the decoder's message for failures or warnings
     path          (sample,)       str      source path relative to attrs["source"]
     file_bytes    (sample,)       int64    size of the source file
     sha256        (sample,)       str      content hash of the source file
     orig_height, orig_width, orig_channels, orig_bitdepth (sample,) int32
     orig_format   (sample,)       str      format from the magic bytes (jpeg, png, ...)
     decode_scale  (sample,)       int8     1 full decode, 2/4/8 DCT-reduced decode
+    patient_id    (sample,)       str      patient from the scan (file name, --patient-id, table)
+    damaged       (sample,)       bool     stored, but its JPEG entropy data is damaged
+    dicom_patient_id, study_uid, view_position, sex, age, photometric (sample,) str
+    bits_stored   (sample,)       int32    DICOM header facts ("" / 0 / NaN for other sources)
+    rescale_slope, rescale_intercept, window_center, window_width (sample,) float64
+    window_used, voi_function (sample,) str; voi_center, voi_width (sample,) float64
+                                           the window actually applied (xraybatch.render)
     chunk_done    (chunk,)        bool     written last by each chunk task (resume)
 
 Group attributes hold the class and split names, size, interpolation, decode mode, source
@@ -50,12 +57,21 @@ from zarr.errors import ZarrUserWarning
 from . import __version__, qc
 
 #: Arrays written once, at creation, from the scan.
-_SCAN_ARRAYS = {"labels": "int16", "split": "int8", "path": str, "file_bytes": "int64"}
+_SCAN_ARRAYS = {"labels": "int16", "split": "int8", "path": str, "file_bytes": "int64",
+                "patient_id": str}
 #: Per-image arrays written by each chunk task, with their dtype and fill value.
 RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "valid": ("bool", False), "status": (str, ""), "message": (str, ""), "sha256": (str, ""),
     "orig_height": ("int32", 0), "orig_width": ("int32", 0), "orig_channels": ("int32", 0),
     "orig_bitdepth": ("int32", 0), "orig_format": (str, ""), "decode_scale": ("int8", 0),
+    # Damaged-but-decodable JPEG data, DICOM header facts and the window actually applied.
+    "damaged": ("bool", False), "dicom_patient_id": (str, ""), "study_uid": (str, ""),
+    "view_position": (str, ""), "sex": (str, ""), "age": (str, ""), "photometric": (str, ""),
+    "bits_stored": ("int32", 0), "rescale_slope": ("float64", np.nan),
+    "rescale_intercept": ("float64", np.nan), "window_center": ("float64", np.nan),
+    "window_width": ("float64", np.nan), "window_used": (str, ""),
+    "voi_center": ("float64", np.nan), "voi_width": ("float64", np.nan),
+    "voi_function": (str, ""),
 }
 #: Compressors of the ``images`` array: none (see :func:`create`).
 IMAGES_COMPRESSORS = None
@@ -237,6 +253,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
         "path": manifest.path.to_numpy(dtype=object),
         "file_bytes": manifest.bytes.to_numpy(np.int64),
+        "patient_id": manifest.patient_id.fillna("").to_numpy(dtype=object),  # "" unknown
     }
     sync(_create_arrays(group._async_group, arrays, scanned))
     group.attrs.update({
@@ -571,10 +588,22 @@ class XrayStore:
             "class_name": np.asarray(self.classes, dtype=object)[g["labels"][:]],
             "label": g["labels"][:],
             "file_bytes": g["file_bytes"][:],
-            **{name: g[name][:] for name in RECORD_ARRAYS},
+            **{name: g[name][:] for name in RECORD_ARRAYS if name in g},
+            "patient_id": self.patient_ids(),
         })
         hist = g["hist"][:]
         return qc.add_flags(frame, hist, self.size)
+
+    def patient_ids(self) -> np.ndarray:
+        """Each image's patient: the DICOM header's PatientID, else the scan's id, else "".
+
+        The header is the hospital's own record; a file name is only a naming convention.
+        """
+        g = self.group
+        n = len(self)
+        scanned = g["patient_id"][:] if "patient_id" in g else np.full(n, "", object)
+        header = g["dicom_patient_id"][:] if "dicom_patient_id" in g else np.full(n, "", object)
+        return np.where(header != "", header, scanned).astype(object)
 
     def stats(self) -> dict[str, Any]:
         """Exact global, per-class and per split x class statistics (see :mod:`.stats`)."""
