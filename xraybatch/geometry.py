@@ -3,7 +3,7 @@
 Chest X-rays are not square. ``stretch`` (the default, as the tutorial does) resizes both sides
 to the output size and changes the aspect ratio, hence the heart-to-chest width ratio that
 readers and models use; ``pad`` keeps the whole image at its aspect ratio and fills the rest
-with :data:`~xraybatch.choices.PAD_VALUE` (centred); ``crop`` keeps the centred square of the
+with :data:`~xraybatch.options.PAD_VALUE` (centred); ``crop`` keeps the centred square of the
 shorter side and resizes it.
 """
 
@@ -12,9 +12,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .choices import FITS, PAD_VALUE
+from . import options
+from .options import FITS, PAD_VALUE
 
-INTERPOLATIONS: dict[str, int] = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
+#: Resize filters by name (:data:`xraybatch.options.INTERPOLATIONS`) -> OpenCV flags.
+INTERPOLATIONS: dict[str, int] = {name: getattr(cv2, f"INTER_{name.upper()}")
+                                  for name in options.INTERPOLATIONS}
 
 
 def stretch(image: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:
@@ -62,7 +65,7 @@ assert tuple(_FIT) == FITS
 
 def fit(image: np.ndarray, size: int, how: str = "stretch",
         interpolation: str = "area") -> np.ndarray:
-    """``image`` -> ``size`` x ``size`` by ``how`` (one of :data:`~xraybatch.choices.FITS`)."""
+    """``image`` -> ``size`` x ``size`` by ``how`` (one of :data:`~xraybatch.options.FITS`)."""
     if how not in _FIT:
         raise ValueError(f"unknown fit {how!r}: use one of {', '.join(FITS)}")
     return _FIT[how](image, size, interpolation)

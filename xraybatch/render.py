@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .choices import PERCENTILES, WINDOWS
+from .options import PERCENTILES, WINDOWS
 
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 # A table over the value range is worth it up to this many entries (else compute directly).
@@ -165,7 +165,7 @@ def choose_window(method: str, r: Rendering, values: np.ndarray, counts: np.ndar
     ``header`` takes the header's first window, else its VOI LUT Sequence, else min-max
     (:func:`render` shows 8-bit data without any transform as is before asking).
     ``minmax`` and ``percentile`` ignore the header and map the image's own range (min-max,
-    or :data:`~xraybatch.choices.PERCENTILES`) linearly (LINEAR_EXACT) to 0..255.
+    or :data:`~xraybatch.options.PERCENTILES`) linearly (LINEAR_EXACT) to 0..255.
 
     Examples
     --------

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-#: Default decompression-bomb limit: 8x the largest Kermany image (2900 x 2500).
-MAX_PIXELS = 64_000_000
+from ..options import MAX_PIXELS
+
+__all__ = ["MAX_PIXELS", "Header", "ImageError", "Options", "Pixels"]
 
 
 class ImageError(Exception):
@@ -45,7 +46,7 @@ class Options:
 
     size: int = 256  # output side: fast mode picks its DCT scale from it
     mode: str = "fast"  # fast: DCT-reduced JPEG decode when big enough; exact: full decode
-    window: str = "header"  # see xraybatch.choices.WINDOWS
+    window: str = "header"  # see xraybatch.options.WINDOWS
 
 
 @dataclass(frozen=True)
