@@ -26,7 +26,8 @@ from .readers.base import Header, ImageError, Options
 
 __all__ = ["DECODE_MODES", "INTERPOLATIONS", "MAX_PIXELS", "REASONS", "Decoded", "Header",
            "ImageError", "Record", "content_hash", "dct_scale", "decode_gray", "histogram",
-           "load", "process", "read_bytes", "read_header", "resize", "sniff_format"]
+           "interpolation_for", "load", "process", "read_bytes", "read_header", "resize",
+           "sniff_format"]
 
 #: Reason codes for files that are not stored, with what each one means.
 REASONS: dict[str, str] = {
@@ -177,8 +178,8 @@ def decode_gray(data: bytes, header: Header, scale: int = 1, window: str = "head
     """
     if header.format == "jpeg":
         return jpeg.decode_at(data, header, scale)
-    options = Options(mode="exact", window=window)
-    return readers.reader_for(header.format).decode(data, header, options).image
+    return readers.reader_for(header.format).decode(
+        data, header, Options(mode="exact", window=window)).image
 
 
 def interpolation_for(interpolation: str, scale: int, shape: tuple[int, ...],
@@ -220,8 +221,8 @@ def process(data: bytes, size: int = 256, interpolation: str = DEFAULT_INTERPOLA
     ``mode="fast"`` lets libjpeg-turbo decode JPEGs (also inside DICOM) at 1/2, 1/4 or 1/8
     scale in the DCT domain when the result is still at least ``size`` on both sides, then
     resizes with the filter :func:`interpolation_for` names (``"auto"``: bilinear after a
-    reduced decode). ``window`` renders images deeper than 8 bits and DICOM (:mod:`.render`);
-    ``fit`` is ``stretch``, ``pad`` or ``crop`` (:mod:`.geometry`).
+    reduced decode). ``window`` renders images deeper than 8 bits and DICOM
+    (:mod:`.render`); ``fit`` is ``stretch``, ``pad`` or ``crop`` (:mod:`.geometry`).
 
     Examples
     --------

@@ -12,11 +12,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from . import options
 from .options import FITS, PAD_VALUE
-from .options import INTERPOLATIONS as _NAMES
 
-#: OpenCV's flag for each resize filter name.
-INTERPOLATIONS: dict[str, int] = {name: getattr(cv2, f"INTER_{name.upper()}") for name in _NAMES}
+#: Resize filters by name (:data:`xraybatch.options.INTERPOLATIONS`) -> OpenCV flags.
+INTERPOLATIONS: dict[str, int] = {name: getattr(cv2, f"INTER_{name.upper()}")
+                                  for name in options.INTERPOLATIONS}
 
 
 def stretch(image: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:

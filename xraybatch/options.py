@@ -18,9 +18,9 @@ DECODE_MODES = ("fast", "exact")
 DEFAULT_CHUNK = 64
 #: Default decompression-bomb limit: 8x the largest Kermany image (2900 x 2500).
 MAX_PIXELS = 64_000_000
-#: How to window images deeper than 8 bits and DICOM (``--window``), see xraybatch.render.
+#: ``--window``: how DICOM and images deeper than 8 bits are windowed (xraybatch.render).
 WINDOWS = ("header", "minmax", "percentile")
-#: How to fit an image into the square output (``--fit``), see xraybatch.geometry.
+#: ``--fit``: how an image is fitted into the square output (xraybatch.geometry).
 FITS = ("stretch", "pad", "crop")
 #: Grey value of the border that ``--fit pad`` adds (black: the background of a radiograph).
 PAD_VALUE = 0

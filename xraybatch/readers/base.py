@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..options import MAX_PIXELS  # noqa: F401  (the readers' default pixel limit)
+from ..options import MAX_PIXELS
+
+__all__ = ["MAX_PIXELS", "Header", "ImageError", "Options", "Pixels"]
 
 
 class ImageError(Exception):

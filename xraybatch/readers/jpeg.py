@@ -1,20 +1,18 @@
 """JPEG: own header parser (size, Exif orientation, progressive), libjpeg-turbo decode through
 OpenCV with DCT-domain downscaling, and a check for damaged entropy data.
 
-libjpeg only *warns* about damaged entropy-coded data ("Corrupt JPEG data: N extraneous
-bytes before marker", "Premature end of data segment") and OpenCV does not pass the warning
-on: the image decodes with grey bands. Two cheap checks find what those warnings mean:
-a marker that cannot occur inside scan data (a regex over the compressed bytes), and libjpeg's
-grey fill (every coefficient zero, so exactly 128) in the last block of the decoded image,
-which is where the fill of a premature end always lands. The corner test is confirmed on a
-full-size decode when the DCT-reduced block is too small to be telling (rare: only for files
-whose last reduced block is exactly 128).
+libjpeg only *warns* about damaged entropy-coded data ("Corrupt JPEG data: ...", "Premature
+end of data segment") and OpenCV does not pass the warning on: the image decodes with grey
+bands. When the entropy decoder runs out of data, or meets a marker that does not belong
+there (garbage in the scan stops it the same way), libjpeg leaves every remaining block's
+coefficients zero, which decodes to exactly 128: the last block of the image is then uniform
+128. Checking that one block costs nothing; a DCT-reduced block of fewer than 4 pixels is
+confirmed on a full decode (rare: only files whose last reduced block is exactly 128).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import struct
 from dataclasses import replace
 
@@ -29,10 +27,6 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
             4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
-# 0xFF followed by a byte that cannot occur between the first scan and EOI: not stuffing,
-# fill, a restart marker, nor the tables, comments and scans of multi-scan files. A compiled
-# regex searches the compressed bytes in place (no copy), ~0.7 ns per byte.
-_BAD_MARKER = re.compile(rb"\xff[^\x00\xff\xc4\xcc\xda\xdb\xdd\xfe\xd0-\xd7\xe0-\xef]")
 _GREY_FILL = 128  # libjpeg's output for a block whose coefficients are all zero
 _MIN_TELLING_BLOCK = 4  # a reduced block smaller than this is confirmed at full size
 
@@ -87,8 +81,6 @@ def header(data: bytes) -> Header:
                                  f"{frame.width}x{frame.height}x{frame.channels}")
             if data.rfind(b"\xff\xd9", pos) == -1:
                 raise ImageError("truncated", "JPEG ends before its end-of-image marker")
-            # The scan's first byte, for the damage check (kept out of repr and equality).
-            frame = replace(frame, source=pos + 2 + length)
             # OpenCV applies the Exif orientation: report the size of what it decodes.
             return replace(frame, height=frame.width, width=frame.height) if transposed else frame
         pos += 2 + length
@@ -117,17 +109,11 @@ def decode_at(data: bytes, header: Header, scale: int = 1) -> np.ndarray:
 
 def damage(data: bytes, header: Header, image: np.ndarray, scale: int) -> str:
     """Why libjpeg would have warned about this file's entropy data ("" if it would not)."""
-    start = header.source
-    if isinstance(start, int):
-        # Up to the first EOI: data appended after the image (a second JPEG) is not its scan.
-        bad = _BAD_MARKER.search(data, start, data.find(b"\xff\xd9", start))
-        if bad:
-            return (f"damaged JPEG data: marker 0x{bad.group()[1]:02x} inside the scan data at "
-                    f"byte {bad.start()} (libjpeg: 'Corrupt JPEG data')")
     if _grey_corner(image, scale) and (scale == 1 or 8 // scale >= _MIN_TELLING_BLOCK
                                        or _grey_corner(decode_at(data, header), 1)):
-        return ("damaged JPEG data: the image ends in libjpeg's grey fill (libjpeg: 'Premature "
-                "end of data segment')")
+        return ("damaged JPEG data: the image ends in libjpeg's grey fill, its entropy data "
+                "stops early or is cut by a stray marker (libjpeg: 'Corrupt JPEG data: "
+                "premature end of data segment')")
     return ""
 
 
