@@ -20,14 +20,15 @@ import cv2
 import numpy as np
 
 from . import geometry, readers
+from .geometry import fit as fit_image
 from .options import DECODE_MODES, DEFAULT_INTERPOLATION, MAX_PIXELS
 from .readers import jpeg
-from .readers.base import Header, ImageError, Options
+from .readers.base import Header, ImageError, Options, Pixels
 
 __all__ = ["DECODE_MODES", "INTERPOLATIONS", "MAX_PIXELS", "REASONS", "Decoded", "Header",
-           "ImageError", "Record", "content_hash", "dct_scale", "decode_gray", "histogram",
-           "interpolation_for", "load", "process", "read_bytes", "read_header", "resize",
-           "sniff_format"]
+           "ImageError", "Record", "content_hash", "dct_scale", "decode_gray", "decode_pixels",
+           "fit_image", "histogram", "interpolation_for", "load", "process", "read_bytes",
+           "read_header", "resize", "sniff_format"]
 
 #: Reason codes for files that are not stored, with what each one means.
 REASONS: dict[str, str] = {
@@ -207,6 +208,12 @@ def interpolation_for(interpolation: str, scale: int, shape: tuple[int, ...],
     return "linear" if scale > 1 and max(shape[:2]) < 4 * size else "area"
 
 
+def decode_pixels(data: bytes, header: Header, options: Options) -> Pixels:
+    """The display-ready 8-bit pixels of a file whose header was read, by its format's reader
+    (full size, or DCT-reduced in fast mode; not yet fitted to the output size)."""
+    return readers.reader_for(header.format).decode(data, header, options)
+
+
 def resize(image: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:
     """Resize to ``size`` x ``size`` (aspect ratio not kept, as in the tutorial)."""
     return geometry.stretch(image, size, interpolation)
@@ -234,15 +241,14 @@ def process(data: bytes, size: int = 256, interpolation: str = DEFAULT_INTERPOLA
     if mode not in DECODE_MODES:
         raise ValueError(f"unknown decode mode {mode!r}; choose from {DECODE_MODES}")
     header = read_header(data, max_pixels)
-    pixels = readers.reader_for(header.format).decode(
-        data, header, Options(size=size, mode=mode, window=window))
+    pixels = decode_pixels(data, header, Options(size=size, mode=mode, window=window))
     image = pixels.image
     if image.size > max_pixels:  # formats whose header is not parsed: checked after decode
         raise ImageError("too_large", f"{image.shape[1]}x{image.shape[0]} pixels, over the "
                          f"limit of {max_pixels:,}")
     height, width = (header.height, header.width) if header.height else image.shape
     method = interpolation_for(interpolation, pixels.scale, image.shape, size)
-    return Decoded(geometry.fit(image, size, fit, method), pixels.header, height, width,
+    return Decoded(fit_image(image, size, fit, method), pixels.header, height, width,
                    pixels.scale, pixels.meta)
 
 
