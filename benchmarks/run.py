@@ -227,7 +227,7 @@ def tuning_specs(sweep: str, args, src: str) -> dict[str, dict]:
 
 
 def memory_sweep(args, out: Path, log=print) -> list[dict]:
-    """Peak RSS of fast ingest and of the tutorial loop on growing synthetic sets."""
+    """Peak RSS of the default ingest and of the tutorial loop on growing synthetic sets."""
     from xraybatch import synth_dataset
 
     sizes = sorted(args.memory_sizes)
@@ -237,7 +237,8 @@ def memory_sweep(args, out: Path, log=print) -> list[dict]:
     rows = []
     for n in sizes:
         folder = big if n == sizes[-1] else _subset(df, big, out / "memory-data" / f"n{n}", n)
-        specs = {"xraybatch fast, threads": {**ingest_spec(args, str(folder), "fast")},
+        specs = {"xraybatch default, threads": {**ingest_spec(args, str(folder), "fast"),
+                                                "interpolation": "auto"},
                  "tutorial loop": base_spec(args, str(folder), "tutorial", workers=1)}
         runs = interleaved(specs, args.memory_repeat, args.timeout, log)
         for name, r in runs.items():
