@@ -253,6 +253,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
         "path": manifest.path.to_numpy(dtype=object),
         "file_bytes": manifest.bytes.to_numpy(np.int64),
+        "patient_id": manifest.patient_id.fillna("").to_numpy(dtype=object),  # "" unknown
     }
     if "patient_id" in manifest:  # "" where the scan knows no patient
         scanned["patient_id"] = manifest.patient_id.fillna("").to_numpy(dtype=object)
@@ -263,9 +264,8 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
-    # The arrays' metadata never changes after this; mark_complete consolidates again.
-    _consolidate(group)
-    return group
+    # The arrays' metadata never changes after this.
+    return _consolidate(group)
 
 
 async def _create_arrays(group: AsyncGroup, arrays: dict[str, dict[str, Any]],
@@ -286,13 +286,14 @@ def _whole_chunks(array: AsyncArray) -> AsyncArray:
     return array.with_config({"write_empty_chunks": True})
 
 
-def _consolidate(group: zarr.Group) -> None:
+def _consolidate(group: zarr.Group) -> zarr.Group:
+    """Write the consolidated metadata; the group that holds it."""
     # Consolidated metadata also lets xarray open the store with one read, without a
     # warning. zarr-python warns that it is not in the v3 spec yet (and about the lock
     # file): known.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ZarrUserWarning)
-        zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
+        return zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
 
 
 def _is_empty(ref: StoreRef) -> bool:
@@ -357,7 +358,8 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
     """Written last: from now on the store reads as complete."""
     group.attrs.update({"summary": summary, "complete": True,
                         "completed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
-    _consolidate(group)
+    if group.metadata.consolidated_metadata is None:  # the group was opened without it
+        _consolidate(group)  # (create() consolidates; the arrays never change afterwards)
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
