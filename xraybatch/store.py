@@ -255,8 +255,6 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "file_bytes": manifest.bytes.to_numpy(np.int64),
         "patient_id": manifest.patient_id.fillna("").to_numpy(dtype=object),  # "" unknown
     }
-    if "patient_id" in manifest:  # "" where the scan knows no patient
-        scanned["patient_id"] = manifest.patient_id.fillna("").to_numpy(dtype=object)
     sync(_create_arrays(group._async_group, arrays, scanned))
     group.attrs.update({
         **attrs, "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
