@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from .sources import remote
 #: Reason codes for files that are not stored, with what each one means.
 REASONS: dict[str, str] = {
     "empty": "the file has zero bytes",
@@ -93,6 +94,8 @@ class Record:
     orig_format: str = ""
     decode_scale: int = 0
     nbytes: int = 0  # bytes read from the file
+    mean: float = math.nan  # of the stored image's pixels, set by the chunk task
+    std: float = math.nan
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -105,6 +108,8 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     ...
     xraybatch.decode.ImageError: file not found: /no/such/file.jpeg
     """
+    if "://" in os.fspath(path):  # an fsspec URL: the object store reader
+        return remote.read_url(os.fspath(path))
     try:
         # O_NONBLOCK: opening a FIFO named like an image must not hang the worker.
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:

@@ -8,12 +8,14 @@ twice (retry, resume, a worker lost) is written with the same bytes.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -25,8 +27,9 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from . import decode, store
+from . import decode, qc, store
 from .scan import Scan, scan
+from .sources import listing, remote, tables
 from .store import StoreError, StoreRef
 
 #: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
@@ -36,6 +39,9 @@ _LOCAL_GET = {"threads": dask.threaded.get, "processes": dask.multiprocessing.ge
               "sync": dask.local.get_sync}
 # Attributes that must match for --resume to continue a run.
 _RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels")
+#: Chunk tasks in flight per worker thread on a cluster: enough to keep every thread busy
+#: while results come back, few enough that the scheduler and client hold O(threads) tasks.
+IN_FLIGHT_PER_THREAD = 4
 
 
 class SchedulerError(RuntimeError):
@@ -54,6 +60,7 @@ class ChunkTask:
     interpolation: str
     decode: str
     max_pixels: int
+    source_options: dict = field(default_factory=dict)  # fsspec options for URL paths
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,8 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
         if image is not None:
             images[i] = image
             hist[i] = decode.histogram(image)
+            mean, std = qc.image_moments(hist[i:i + 1])  # stored: QC needs no histograms
+            records[i] = replace(record, mean=float(mean[0]), std=float(std[0]))
     failures = tuple((task.start + i, r.status, r.message)
                      for i, r in enumerate(records) if not r.valid)
     report = ChunkReport(task.index, n, failures, sum(r.nbytes for r in records),
@@ -120,7 +129,8 @@ def run_chunk(task: ChunkTask) -> ChunkReport:
         raise StoreError(f"{socket.gethostname()} cannot open {task.ref.url}: on a cluster, "
                          "OUT must be on a file system or object store every worker reaches"
                          ) from None
-    images, hist, records, report = process_chunk(task)
+    with remote.source_options(task.source_options):
+        images, hist, records, report = process_chunk(task)
     store.write_chunk(group, task.index, task.start, images, hist, records)
     return report
 
@@ -141,7 +151,8 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
     for rank, index in enumerate(sorted(chunks, key=weight)):
         start = index * chunk
         spec = ChunkTask(ref, index, start,
-                         tuple(os.path.join(root, p) for p in paths[start:start + chunk]), **params)
+                         tuple(listing.join(root, p) for p in paths[start:start + chunk]),
+                         **params)
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
         key = f"xraybatch-chunk-{rank:06d}-{index}-{dask.base.tokenize(spec)}"
@@ -162,16 +173,37 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
             return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
                                      num_workers=workers))
     from distributed import KilledWorker
-    from distributed import progress as dprogress
 
-    futures = scheduler.compute(tasks, retries=retries)
     try:
-        if progress:
-            dprogress(futures)
-        return scheduler.gather(futures)
+        return _windowed(scheduler, tasks, retries, progress)
     except KilledWorker as e:  # the scheduler gave up after allowed-failures worker deaths
         raise SchedulerError(f"workers kept dying while running a chunk task ({e}); "
                              "the store is incomplete: fix the workers and --resume") from None
+
+
+def _windowed(client: Any, tasks: list, retries: int, progress: bool) -> list[ChunkReport]:
+    """Run tasks on a cluster with a bounded number in flight, heaviest first.
+
+    Submitting every task at once makes the scheduler and the client hold one future per
+    chunk; a window of a few tasks per worker thread keeps both flat for any dataset size.
+    """
+    from distributed import as_completed
+
+    window = max(8, IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
+    waiting = reversed(tasks)  # build_tasks puts the heaviest chunks last
+    running = as_completed(client.compute(list(itertools.islice(waiting, window)),
+                                          retries=retries))
+    reports, last = [], time.monotonic()
+    for future in running:
+        reports.append(future.result())
+        future.release()
+        for task in itertools.islice(waiting, 1):
+            running.add(client.compute(task, retries=retries))
+        if progress and (time.monotonic() - last > 5 or len(reports) == len(tasks)):
+            last = time.monotonic()
+            print(f"ingest: {len(reports)} of {len(tasks)} chunks done", file=sys.stderr,
+                  flush=True)
+    return reports
 
 
 @contextmanager
@@ -204,13 +236,17 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
            chunk: int = DEFAULT_CHUNK, scheduler: Any = "threads", workers: int | None = None,
            overwrite: bool = False, resume: bool = False, progress: bool = False,
            max_pixels: int = decode.MAX_PIXELS, storage_options: dict | None = None,
-           retries: int = 2) -> IngestResult:
+           retries: int = 2, files: str | os.PathLike | None = None,
+           table_preset: str | None = None, columns: dict[str, Any] | None = None,
+           source_options: dict | None = None) -> IngestResult:
     """Read every image under ``src`` into the zarr store ``out``.
 
     Parameters
     ----------
     src
-        Folder of images (see :func:`xraybatch.scan`).
+        Folder of images or its fsspec URL (``s3://bucket/chest_xray/``), a table file, or
+        with ``files`` the folder the table's paths are relative to (see
+        :func:`xraybatch.scan`).
     out
         Store path or fsspec URL (``s3://bucket/x.zarr`` needs ``xraybatch[s3]``).
     size, interpolation, decode_mode
@@ -235,6 +271,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         fsspec options for a URL ``out`` (e.g. ``{"endpoint_url": ...}``).
     retries
         Re-runs of a chunk task that raised, on a cluster.
+    files, table_preset, columns
+        A table (CSV or Parquet) naming the images, a preset of its columns (``"nih"``,
+        ``"chexpert"``) and column mappings (keys of
+        :class:`xraybatch.sources.tables.Columns`: ``path``, ``label``, ``labels``, ``sep``,
+        ``findings``, ``split``, ``patient``), which replace the preset's.
+    source_options
+        fsspec options for a URL ``src`` or table (default: ``storage_options``); the
+        workers read the files themselves, so a cluster needs no shared disk.
 
     Returns
     -------
@@ -257,9 +301,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     if overwrite and resume:
         raise ValueError("--overwrite and --resume exclude each other")
     t0 = time.perf_counter()
-    found = scan(src, labels)
+    source_options = dict(storage_options or {} if source_options is None else source_options)
+    table = files if files is not None else (src if tables.is_table(src) else None)
+    spec = tables.columns_for(table_preset, **(columns or {})) if table is not None else None
+    found = scan(None if table == src else src, labels, files=table, columns=spec,
+                 storage_options=source_options, progress=progress)
     ref = StoreRef(str(out), storage_options or {})
-    attrs = {"source": str(found.root.resolve()), "label_scheme": str(labels),
+    scheme = str(labels) if table is None else _table_scheme(table, table_preset, spec)
+    attrs = {"source": found.source, "label_scheme": scheme,
              "interpolation": interpolation, "decode": decode_mode, "max_pixels": max_pixels,
              "n_skipped": len(found.skipped),
              "skipped": found.skipped.head(1000).values.tolist()}
@@ -270,11 +319,11 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         if group is None:  # a new store, or a resumed one whose creation was interrupted
             group = store.create(ref, found.manifest, size=size, chunk=chunk,
                                  classes=found.classes, splits=found.splits, attrs=attrs,
-                                 overwrite=overwrite or resume)
+                                 overwrite=overwrite or resume, findings=found.findings)
         chunk = int(group.attrs["chunk"])
         todo = [int(i) for i in np.flatnonzero(~store.done_chunks(group))]
         params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
-                      decode=decode_mode, max_pixels=max_pixels)
+                      decode=decode_mode, max_pixels=max_pixels, source_options=source_options)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
                             weights=found.manifest.bytes.tolist(), **params)
         threads = cv2.getNumThreads()
@@ -289,6 +338,12 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                              f"is chunk {missing[0]}); finish it with --resume")
         store.mark_complete(group, _summary_attrs(result))
     return result
+
+
+def _table_scheme(table: str | os.PathLike, preset: str | None, spec: tables.Columns) -> str:
+    """The ``label_scheme`` attribute of a table input: the table and its column mapping."""
+    mapping = {k: v for k, v in vars(spec).items() if v not in (None, (), "")}
+    return f"table {os.fspath(table)}" + (f" preset {preset}" if preset else "") + f" {mapping}"
 
 
 def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | None:

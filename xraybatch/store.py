@@ -17,6 +17,11 @@ without xraybatch)::
     orig_height, orig_width, orig_channels, orig_bitdepth (sample,) int32
     orig_format   (sample,)       str      format from the magic bytes (jpeg, png, ...)
     decode_scale  (sample,)       int8     1 full decode, 2/4/8 DCT-reduced decode
+    mean, std     (sample,)       float64  per-image pixel mean and std (NaN where invalid)
+    patient_id    (sample,)       str      patient of each image ("" unknown)
+    findings      (sample, finding) int8   multi-label stores only: 1 positive, 0 negative,
+                                           -1 uncertain, -2 not stated (labels is then -1)
+    finding       (finding,)      str      multi-label stores only: the finding names
     chunk_done    (chunk,)        bool     written last by each chunk task (resume)
 
 Group attributes hold the class and split names, size, interpolation, decode mode, source
@@ -47,13 +52,17 @@ from zarr.errors import ZarrUserWarning
 from . import __version__, qc
 
 #: Arrays written once, at creation, from the scan.
-_SCAN_ARRAYS = {"labels": "int16", "split": "int8", "path": str, "file_bytes": "int64"}
+_SCAN_ARRAYS = {"labels": "int16", "split": "int8", "path": str, "file_bytes": "int64",
+                "patient_id": str}
 #: Per-image arrays written by each chunk task, with their dtype and fill value.
 RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "valid": ("bool", False), "status": (str, ""), "message": (str, ""), "sha256": (str, ""),
     "orig_height": ("int32", 0), "orig_width": ("int32", 0), "orig_channels": ("int32", 0),
     "orig_bitdepth": ("int32", 0), "orig_format": (str, ""), "decode_scale": ("int8", 0),
+    "mean": ("float64", np.nan), "std": ("float64", np.nan),
 }
+#: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
+FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
 LOCK_NAME = ".xraybatch.lock"
 
 
@@ -190,8 +199,12 @@ def _check_replaceable(ref: StoreRef, overwrite: bool) -> None:
 
 def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
            classes: list[str], splits: list[str], attrs: dict[str, Any],
-           overwrite: bool = False, compression_level: int = 1) -> zarr.Group:
+           overwrite: bool = False, compression_level: int = 1,
+           findings: pd.DataFrame | None = None) -> zarr.Group:
     """Create the store for ``manifest`` and write what the scan already knows.
+
+    ``findings`` (multi-label input: (N, C) int8, one column per finding, ``classes`` are
+    its column names) is stored as the 2-D array ``findings`` with a ``finding`` coordinate.
 
     Raises :class:`StoreError` if the store exists and ``overwrite`` is false. The caller
     holds the lock (:func:`locked`) and has called :func:`check_target` before taking it.
@@ -225,12 +238,32 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
                                 flag_meanings=" ".join(splits))
     group["path"][:] = manifest.path.to_numpy(dtype=object)
     group["file_bytes"][:] = manifest.bytes.to_numpy(np.int64)
+    patients = manifest["patient_id"] if "patient_id" in manifest else pd.Series(
+        "", index=manifest.index)
+    group["patient_id"][:] = patients.to_numpy(dtype=object)
+    if findings is not None:
+        _create_findings(group, findings, chunk, common)
     group.attrs.update({
         **attrs, "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
     return group
+
+
+def _create_findings(group: zarr.Group, findings: pd.DataFrame, chunk: int,
+                     common: dict[str, Any]) -> None:
+    names = [str(c) for c in findings.columns]
+    array = group.create_array("findings", shape=findings.shape, dtype="int8",
+                               chunks=(chunk, len(names)), fill_value=-2,
+                               dimension_names=("sample", "finding"), **common)
+    array[:] = findings.to_numpy(np.int8)
+    array.attrs.update(flag_values=list(FINDING_FLAGS),
+                       flag_meanings=" ".join(FINDING_FLAGS.values()), findings=names)
+    # A 1-D array named like the dimension: xarray reads it as the finding coordinate.
+    group.create_array("finding", shape=(len(names),), dtype=str, chunks=(len(names),),
+                       dimension_names=("finding",))[:] = np.array(names, dtype=object)
+    group.attrs["label_kind"] = "multi"
 
 
 def _is_empty(ref: StoreRef) -> bool:
@@ -450,6 +483,48 @@ class XrayStore:
         return self.group["split"][:]
 
     @property
+    def multilabel(self) -> bool:
+        """Whether the store holds a findings matrix (then ``classes`` are its findings)."""
+        return self.attrs.get("label_kind") == "multi"
+
+    @property
+    def findings(self) -> np.ndarray | None:
+        """(N, C) int8: 1 positive, 0 negative, -1 uncertain, -2 not stated; None if single-label.
+
+        Examples
+        --------
+        >>> ds.findings[:2], ds.classes  # doctest: +SKIP
+        """
+        return self.group["findings"][:] if self.multilabel else None
+
+    def class_membership(self) -> np.ndarray:
+        """(N, C) bool: valid images counted under each class (every positive finding)."""
+        if self.multilabel:
+            return (self.findings == 1) & self.valid[:, None]
+        return (np.where(self.valid, self.labels, -1)[:, None]
+                == np.arange(len(self.classes)))
+
+    def multi_hot(self, uncertain: float = 0.0) -> np.ndarray:
+        """(N, C) float32 targets: 1 positive, ``uncertain`` for -1, 0 otherwise.
+
+        ``uncertain=1.0`` is CheXpert's U-Ones policy, ``0.0`` U-Zeros. A single-label store
+        gives its one-hot labels.
+        """
+        if not self.multilabel:
+            return (self.labels[:, None] == np.arange(len(self.classes))).astype(np.float32)
+        values = self.findings
+        return np.where(values == 1, 1.0, np.where(values == -1, uncertain, 0.0)
+                        ).astype(np.float32)
+
+    def class_names(self) -> np.ndarray:
+        """Class of each sample; for multi-label stores its positive findings as ``A|B``."""
+        if not self.multilabel:
+            return np.asarray(self.classes, dtype=object)[self.labels]
+        from .sources.tables import _joined
+
+        return _joined(self.findings, self.classes)
+
+    @property
     def valid(self) -> np.ndarray:
         return self.group["valid"][:]
 
@@ -499,13 +574,24 @@ class XrayStore:
         frame = pd.DataFrame({
             "path": g["path"][:],
             "split": np.asarray(self.splits, dtype=object)[g["split"][:]],
-            "class_name": np.asarray(self.classes, dtype=object)[g["labels"][:]],
+            "class_name": self.class_names(),
             "label": g["labels"][:],
             "file_bytes": g["file_bytes"][:],
-            **{name: g[name][:] for name in RECORD_ARRAYS},
+            **{name: g[name][:] for name in RECORD_ARRAYS if name in g},
         })
-        hist = g["hist"][:]
-        return qc.add_flags(frame, hist, self.size)
+        if "patient_id" in g:
+            frame.insert(5, "patient_id", g["patient_id"][:])
+        return qc.add_flags(frame, None, self.size, moments=self._moments())
+
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-image mean and std: stored, or (stores written before 0.2) from the
+        histograms one chunk at a time, so that the manifest never holds them all."""
+        g = self.group
+        if "mean" in g and "std" in g:
+            return g["mean"][:], g["std"][:]
+        parts = [qc.image_moments(g["hist"][a:b]) for a, b in chunk_bounds(len(self), self.chunk)]
+        return (np.concatenate([m for m, _ in parts]) if parts else np.zeros(0),
+                np.concatenate([s for _, s in parts]) if parts else np.zeros(0))
 
     def stats(self) -> dict[str, Any]:
         """Exact global, per-class and per split x class statistics (see :mod:`.stats`)."""
@@ -528,6 +614,6 @@ class XrayStore:
         ds = ds.assign({name: var.astype(object) for name, var in ds.data_vars.items()
                         if var.dtype.kind == "T"})
         return ds.assign_coords(
-            class_name=("sample", np.asarray(self.classes)[self.labels]),
+            class_name=("sample", self.class_names().astype(str)),
             split_name=("sample", np.asarray(self.splits)[self.split]),
         )
