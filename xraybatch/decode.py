@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .sources import remote
+
 #: Reason codes for files that are not stored, with what each one means.
 REASONS: dict[str, str] = {
     "empty": "the file has zero bytes",
@@ -94,8 +95,8 @@ class Record:
     orig_format: str = ""
     decode_scale: int = 0
     nbytes: int = 0  # bytes read from the file
-    mean: float = math.nan  # of the stored image's pixels, set by the chunk task
-    std: float = math.nan
+    mean: float = 0.0  # of the stored image's pixels (set by the chunk task); 0 if invalid
+    std: float = 0.0
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:

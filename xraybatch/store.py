@@ -17,7 +17,7 @@ without xraybatch)::
     orig_height, orig_width, orig_channels, orig_bitdepth (sample,) int32
     orig_format   (sample,)       str      format from the magic bytes (jpeg, png, ...)
     decode_scale  (sample,)       int8     1 full decode, 2/4/8 DCT-reduced decode
-    mean, std     (sample,)       float64  per-image pixel mean and std (NaN where invalid)
+    mean, std     (sample,)       float64  per-image pixel mean and std (0 where invalid)
     patient_id    (sample,)       str      patient of each image ("" unknown)
     findings      (sample, finding) int8   multi-label stores only: 1 positive, 0 negative,
                                            -1 uncertain, -2 not stated (labels is then -1)
@@ -59,7 +59,7 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "valid": ("bool", False), "status": (str, ""), "message": (str, ""), "sha256": (str, ""),
     "orig_height": ("int32", 0), "orig_width": ("int32", 0), "orig_channels": ("int32", 0),
     "orig_bitdepth": ("int32", 0), "orig_format": (str, ""), "decode_scale": ("int8", 0),
-    "mean": ("float64", np.nan), "std": ("float64", np.nan),
+    "mean": ("float64", 0.0), "std": ("float64", 0.0),
 }
 #: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
 FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}

@@ -11,3 +11,7 @@ One small module per kind of input, all behind the same two questions:
 :func:`xraybatch.scan.scan` is the entry point that picks the source; nothing here imports
 the scan, the decoder or the store, so imports flow one way.
 """
+
+#: Names of the table column presets (:data:`xraybatch.sources.tables.PRESETS`), here so that
+#: the command line builds its parser without importing pandas.
+TABLE_PRESETS = ("nih", "chexpert")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
-from . import listing
+from . import TABLE_PRESETS, listing
 
 #: Values of the findings matrix and what they mean.
 NOT_STATED = -2
@@ -99,6 +99,7 @@ PRESETS: dict[str, Columns] = {
     "chexpert": Columns(path="Path", findings=CHEXPERT_FINDINGS,
                         patient_pattern=r"(patient\d+)"),
 }
+assert tuple(PRESETS) == TABLE_PRESETS
 
 
 @dataclass
