@@ -226,7 +226,8 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
                        dimension_names=("sample", "bin"), **common)
     for name, (dtype, fill) in {**{k: (v, None) for k, v in _SCAN_ARRAYS.items()},
                                 **RECORD_ARRAYS}.items():
-        group.create_array(name, shape=(n,), dtype=dtype, chunks=(chunk,), fill_value=fill,
+        rows = scan_chunk(chunk) if name in _SCAN_ARRAYS else chunk
+        group.create_array(name, shape=(n,), dtype=dtype, chunks=(rows,), fill_value=fill,
                            dimension_names=("sample",), **common)
     group.create_array("chunk_done", shape=(n_chunks(n, chunk),), dtype="bool", chunks=(1,),
                        fill_value=False, dimension_names=("chunk",))
@@ -251,11 +252,25 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     return group
 
 
+def scan_chunk(chunk: int) -> int:
+    """Rows per chunk of the arrays written once at creation: ~64k, a multiple of ``chunk``.
+
+    Chunk tasks never write them, so they need not follow the task chunks; one file per
+    64 images would make a million-image store's creation write 100,000 tiny files.
+
+    Examples
+    --------
+    >>> scan_chunk(64), scan_chunk(100_000)
+    (65536, 100000)
+    """
+    return chunk * max(1, 65536 // chunk)
+
+
 def _create_findings(group: zarr.Group, findings: pd.DataFrame, chunk: int,
                      common: dict[str, Any]) -> None:
     names = [str(c) for c in findings.columns]
     array = group.create_array("findings", shape=findings.shape, dtype="int8",
-                               chunks=(chunk, len(names)), fill_value=-2,
+                               chunks=(scan_chunk(chunk), len(names)), fill_value=-2,
                                dimension_names=("sample", "finding"), **common)
     array[:] = findings.to_numpy(np.int8)
     array.attrs.update(flag_values=list(FINDING_FLAGS),
