@@ -149,10 +149,10 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
         return sum(weights[index * chunk:(index + 1) * chunk]) if weights else 0
 
     tasks = []
+    prefix = listing.join(root, "")  # scan paths are relative: one concatenation each
     for rank, index in enumerate(sorted(chunks, key=weight)):
         start = index * chunk
-        spec = ChunkTask(ref, index, start,
-                         tuple(listing.join(root, p) for p in paths[start:start + chunk]),
+        spec = ChunkTask(ref, index, start, tuple(prefix + p for p in paths[start:start + chunk]),
                          **params)
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
