@@ -17,6 +17,7 @@ from corpus import open_group
 
 import xraybatch
 from xraybatch import cli
+from xraybatch.store import StoreError
 
 SIZE = 32
 
@@ -166,3 +167,17 @@ def test_single_label_store_arrays_unchanged(synth_small: Path, tmp_path: Path) 
     mean = hist @ np.arange(256) / np.where(n, n, 1)
     np.testing.assert_array_equal(g["mean"][:], np.where(valid, mean, 0))
     assert (g["patient_id"][:] == "").all()
+
+
+def test_resume_refuses_changed_findings(tmp_path) -> None:
+    table = tc.chexpert(tmp_path, n=20, seed=6)
+    out = tmp_path / "r.zarr"
+    xraybatch.ingest(table, out, size=SIZE, chunk=8, table_preset="chexpert")
+    assert xraybatch.open(str(out)).attrs["label_scheme"] == f"table {table} preset chexpert"
+    assert xraybatch.ingest(table, out, size=SIZE, chunk=8, table_preset="chexpert",
+                            resume=True).chunks_run == 0
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    frame.loc[0, "Edema"] = "1.0" if frame.loc[0, "Edema"] != "1.0" else "0.0"
+    frame.to_csv(table, index=False)  # same files, one finding changed
+    with pytest.raises(StoreError, match="source files changed"):
+        xraybatch.ingest(table, out, size=SIZE, chunk=8, table_preset="chexpert", resume=True)

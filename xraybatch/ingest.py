@@ -310,7 +310,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     found = scan(None if table == src else src, labels, files=table, columns=spec,
                  storage_options=source_options, progress=progress)
     ref = StoreRef(str(out), storage_options or {})
-    scheme = str(labels) if table is None else _table_scheme(table, table_preset, spec)
+    scheme = str(labels) if table is None else _table_scheme(table, table_preset, columns)
     attrs = {"source": found.source, "label_scheme": scheme,
              "interpolation": interpolation, "decode": decode_mode, "max_pixels": max_pixels,
              "n_skipped": len(found.skipped),
@@ -343,10 +343,12 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     return result
 
 
-def _table_scheme(table: str | os.PathLike, preset: str | None, spec: tables.Columns) -> str:
-    """The ``label_scheme`` attribute of a table input: the table and its column mapping."""
-    mapping = {k: v for k, v in vars(spec).items() if v not in (None, (), "")}
-    return f"table {os.fspath(table)}" + (f" preset {preset}" if preset else "") + f" {mapping}"
+def _table_scheme(table: str | os.PathLike, preset: str | None,
+                  columns: dict[str, Any] | None) -> str:
+    """The ``label_scheme`` attribute of a table input: the table, preset and given columns."""
+    given = " ".join(f"{k}={v!r}" for k, v in (columns or {}).items())
+    return " ".join(x for x in (f"table {os.fspath(table)}", preset and f"preset {preset}",
+                                given and f"columns {given}") if x)
 
 
 def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | None:
@@ -369,7 +371,8 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
     before = store.scan_arrays(group)
     now = found.manifest[["path", "label", "bytes"]].set_axis(list(before.columns), axis=1)
     same_files = (len(before) == len(now) and (before.to_numpy() == now.to_numpy()).all()
-                  and stored["classes"] == found.classes and stored["splits"] == found.splits)
+                  and stored["classes"] == found.classes and stored["splits"] == found.splits
+                  and store.same_findings(group, found.findings))
     if not same_files:  # paths, labels, sizes or class names differ: not the same data
         raise StoreError(f"cannot resume {ref.url}: the source files changed since the "
                          "interrupted run; start again with --overwrite")

@@ -341,6 +341,14 @@ def scan_arrays(group: zarr.Group) -> pd.DataFrame:
                          "file_bytes": group["file_bytes"][:]})
 
 
+def same_findings(group: zarr.Group, findings: pd.DataFrame | None) -> bool:
+    """Whether the store holds exactly ``findings`` (both None/absent for single-label)."""
+    if findings is None or "findings" not in group:
+        return findings is None and "findings" not in group
+    return (group["findings"].shape == findings.shape
+            and bool((group["findings"][:] == findings.to_numpy(np.int8)).all()))
+
+
 def failures(group: zarr.Group) -> pd.DataFrame:
     """Path, status and message of every file that was not stored."""
     status = group["status"][:]

@@ -73,16 +73,16 @@ def walk(root: str, storage_options: dict | None = None, *, skip: frozenset[str]
     [('a/x.png', 5)]
     """
     files = _walk_url(root, storage_options) if is_url(root) else _walk_local(root)
-    count, last = 0, time.monotonic()
+    count, last, reported = 0, time.monotonic(), False
     for rel, size in files:
         if rel.rsplit("/", 1)[-1] in skip:
             continue
         yield rel, size
         count += 1
         if progress and count % 1000 == 0 and time.monotonic() - last > PROGRESS_EVERY:
-            last = time.monotonic()
+            last, reported = time.monotonic(), True  # only a slow listing says anything
             print(f"scanning {root}: {count:,} files so far", file=sys.stderr, flush=True)
-    if progress and count >= 1000:
+    if reported:
         print(f"scanning {root}: {count:,} files", file=sys.stderr, flush=True)
 
 
