@@ -140,6 +140,18 @@ def table(named: dict[str, dict[str, Any]]) -> pd.DataFrame:
                          for name, s in named.items()])
 
 
+def _per_group(table: np.ndarray, counts: np.ndarray, classes: list[str],
+               splits: list[str]) -> dict[str, Any]:
+    """``per_class`` and ``per_split_class`` from (split, class, 256) sums and counts."""
+    return {
+        "per_class": {c: summarize(table[:, i].sum(0), counts[:, i].sum())
+                      for i, c in enumerate(classes)},
+        "per_split_class": {s: {c: summarize(table[j, i], counts[j, i])
+                                for i, c in enumerate(classes)}
+                            for j, s in enumerate(splits)},
+    }
+
+
 def compute(store) -> dict[str, Any]:
     """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`."""
     if store.multilabel:
@@ -157,11 +169,7 @@ def compute(store) -> dict[str, Any]:
         "images": len(labels), "valid": int(valid.sum()), "failed": int((~valid).sum()),
         "complete": store.complete,
         "global": summarize(table.sum(axis=(0, 1)), counts.sum()),
-        "per_class": {c: summarize(table[:, i].sum(0), counts[:, i].sum())
-                      for i, c in enumerate(classes)},
-        "per_split_class": {s: {c: summarize(table[j, i], counts[j, i])
-                                for i, c in enumerate(classes)}
-                            for j, s in enumerate(splits)},
+        **_per_group(table, counts, classes, splits),
         "class_counts": class_counts,
         **class_balance(class_counts),
     }
@@ -247,11 +255,7 @@ def compute_multilabel(store) -> dict[str, Any]:
         "images": len(valid), "valid": n_valid, "failed": int((~valid).sum()),
         "complete": store.complete, "label_kind": "multi",
         "global": summarize(sums["all_hist"].sum(axis=0), n_valid),
-        "per_class": {c: summarize(table[:, i].sum(0), counts[:, i].sum())
-                      for i, c in enumerate(classes)},
-        "per_split_class": {s: {c: summarize(table[j, i], counts[j, i])
-                                for i, c in enumerate(classes)}
-                            for j, s in enumerate(splits)},
+        **_per_group(table, counts, classes, splits),
         "class_counts": class_counts,
         "finding_counts": {c: dict(zip(FINDING_STATES.values(), map(int, sums["states"][i]),
                                        strict=True)) for i, c in enumerate(classes)},
