@@ -31,9 +31,11 @@ from typing import Any
 import report
 
 HERE = Path(__file__).resolve().parent
-SWEEPS = ("scaling", "memory", "chunk", "order", "codec", "write", "cvthreads", "layout",
-          "store")
+SWEEPS = ("modes", "scaling", "memory", "loaders", "chunk", "order", "codec", "write",
+          "cvthreads", "layout", "store")
 SCHEDULERS = ("threads", "processes", "distributed")
+#: Serial per-stage profiles: (label, decode mode, interpolation).
+PROFILES = (("default", "fast", "auto"), ("exact linear", "exact", "linear"))
 
 
 class BenchError(RuntimeError):
@@ -152,17 +154,17 @@ def ingest_spec(args, src: str, mode: str, scheduler: str = "threads", **extra) 
 
 
 def main_configs(args: argparse.Namespace, src: str) -> dict[str, dict]:
+    """The first benchmark: the tutorial loop, a Pool of it, the decode-only limit, the
+    default ingest on each scheduler, and the tutorial's own array through xraybatch."""
     w = args.workers
     specs = {"tutorial loop (serial)": base_spec(args, src, "tutorial", workers=1),
-             f"multiprocessing.Pool ({w})": base_spec(args, src, "pool")}
-    for mode in ("exact", "fast"):
-        for scheduler in args.schedulers:
-            specs[f"xraybatch {mode}, {scheduler} ({w})"] = ingest_spec(args, src, mode,
-                                                                         scheduler)
-    if args.interpolation != "linear":  # the tutorial's own output, for a like-for-like ratio
-        specs[f"xraybatch exact linear, threads ({w})"] = {
-            **ingest_spec(args, src, "exact"), "interpolation": "linear"}
-    specs[f"decode-only limit ({w})"] = base_spec(args, src, "decode_limit")
+             f"multiprocessing.Pool ({w})": base_spec(args, src, "pool"),
+             f"decode-only limit ({w})": base_spec(args, src, "decode_limit")}
+    for scheduler in args.schedulers:
+        specs[f"xraybatch default, {scheduler} ({w})"] = {
+            **ingest_spec(args, src, "fast", scheduler), "interpolation": "auto"}
+    specs[f"xraybatch exact linear, threads ({w})"] = {
+        **ingest_spec(args, src, "exact"), "interpolation": "linear"}
     return specs
 
 
@@ -170,6 +172,8 @@ def expected_digest(spec: dict, refs: dict[str, str], interpolation: str) -> tup
     """Which serial reference a configuration must reproduce, and its digest."""
     if spec["kind"] in ("tutorial", "pool"):
         return "tutorial", refs["tutorial"]
+    if spec["interpolation"] == "auto":
+        return ("auto", refs["auto"]) if spec["mode"] == "fast" else ("area", refs["area"])
     if spec["mode"] == "fast":
         return "fast", refs["fast"]
     if spec["interpolation"] != interpolation:  # exact linear
@@ -178,7 +182,7 @@ def expected_digest(spec: dict, refs: dict[str, str], interpolation: str) -> tup
 
 
 def check(spec: dict, result: dict, refs: dict[str, str], interpolation: str) -> str:
-    if spec["kind"] == "decode_limit" or "digest" not in result:
+    if spec["kind"] not in ("tutorial", "pool", "ingest") or "digest" not in result:
         return "n/a"
     name, digest = expected_digest(spec, refs, interpolation)
     return f"= {name} ref" if result["digest"] == digest else f"MISMATCH vs {name} ref"
@@ -190,11 +194,15 @@ def check(spec: dict, result: dict, refs: dict[str, str], interpolation: str) ->
 def tuning_specs(sweep: str, args, src: str) -> dict[str, dict]:
     """The variants of one tuning sweep; the first one is the baseline of its ratios."""
     fast = ingest_spec(args, src, "fast")
+    if sweep == "modes":  # the explicit decode modes with --interpolation (area)
+        return {f"{m} {args.interpolation}, threads ({args.workers})": ingest_spec(args, src, m)
+                for m in ("fast", "exact")}
     if sweep == "scaling":
         specs = {}
         for k in range(1, args.workers + 1):
-            specs[f"fast threads ({k})"] = {**fast, "workers": k}
-            specs[f"exact threads ({k})"] = {**ingest_spec(args, src, "exact"), "workers": k}
+            specs[f"default threads ({k})"] = {**fast, "interpolation": "auto", "workers": k}
+            specs[f"exact linear threads ({k})"] = {**ingest_spec(args, src, "exact"),
+                                                    "interpolation": "linear", "workers": k}
             specs[f"decode-only limit ({k})"] = base_spec(args, src, "decode_limit", workers=k)
         return specs
     if sweep == "chunk":
@@ -235,6 +243,29 @@ def memory_sweep(args, out: Path, log=print) -> list[dict]:
         for name, r in runs.items():
             rows.append({"n": n, "config": name, **summarize(r)})
     return rows
+
+
+def loaders_sweep(args, src: str, out: Path, log=print) -> list[dict]:
+    """One training epoch per loader, interleaved (see loaders.py)."""
+    import loaders
+
+    hint = loaders.missing_torch()
+    if hint:
+        log(hint)
+    store = loaders.build_store(src, str(out / "loaders.zarr"), args.size)
+    try:
+        specs = loaders.specs(base_spec(args, src, "loader"), store, hint is None)
+        runs = interleaved(specs, args.repeat, args.timeout, log)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    rows = []
+    for name, spec in specs.items():
+        row = {"config": name, "spec": spec, **summarize(runs[name])}
+        if "error" not in row:
+            row["first_batch_seconds"] = statistics.median(
+                r["first_batch_seconds"] for r in runs[name] if "seconds" in r)
+        rows.append(row)
+    return rows + ([{"config": "torch loaders", "error": hint}] if hint else [])
 
 
 def _subset(df, src: Path, dst: Path, n: int) -> Path:
@@ -383,13 +414,15 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         raise BenchError(f"reference failed: {ref['error']}")
     results["quality"] = ref["quality"]
     results["profile"] = {}
-    for mode in ("exact", "fast"):
-        log(f"profile ({mode}, serial)")
-        prof = measure(base_spec(args, src, "profile", mode=mode, chunk=args.chunk, limit=1000),
-                       args.timeout)
+    for label, mode, interpolation in PROFILES:
+        log(f"profile ({label}, serial)")
+        prof = measure({**base_spec(args, src, "profile", mode=mode, chunk=args.chunk,
+                                    limit=1000), "interpolation": interpolation}, args.timeout)
         if "error" in prof:
             raise BenchError(f"profile failed: {prof['error']}")
-        results["profile"][mode] = prof
+        results["profile"][label] = prof
+    log("timeline of one default ingest")
+    results["timeline"] = measure(base_spec(args, src, "timeline"), args.timeout)
     log(f"main table: {args.repeat} interleaved rounds")
     specs = main_configs(args, src)
     runs = interleaved(specs, args.repeat, args.timeout, log)
@@ -403,6 +436,9 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         log(f"sweep: {sweep}")
         if sweep == "memory":
             results["sweeps"]["memory"] = memory_sweep(args, out, log)
+            continue
+        if sweep == "loaders":
+            results["sweeps"]["loaders"] = loaders_sweep(args, src, out, log)
             continue
         if sweep == "store":  # one serial process: the images array in several layouts
             layouts = measure(base_spec(args, src, "store_layouts", limit=1000), args.timeout)

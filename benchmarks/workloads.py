@@ -15,6 +15,8 @@ Workloads (``spec["kind"]``):
 ``ingest``        ``xraybatch.ingest`` with a decode mode and a scheduler.
 ``reference``     serial, untimed: digests of the reference arrays and fast-vs-exact quality.
 ``profile``       serial, one thread: where the time goes per stage of the ingest pipeline.
+``timeline``      one default ingest with timers on its phases and stages (``timeline.py``).
+``loader``        one training epoch through one loader (``loaders.py``).
 """
 
 from __future__ import annotations
@@ -327,52 +329,80 @@ def _du(path: str) -> int:
 # --- references and quality (untimed) ---------------------------------------------------------
 
 
-def reference_fast(path: str, size: int, interpolation: str) -> np.ndarray | None:
+def reduced_reference(path: str, full: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     """The reduced-decode reference, from OpenCV alone: the largest libjpeg scale 1/2..1/8
-    whose output keeps both sides >= size, then the resize."""
-    full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if full is None:
-        return None
+    whose output keeps both sides >= size (``full`` is the full decode), and the scale."""
     scale = 1
     with open(path, "rb") as f:
         if f.read(3) == b"\xff\xd8\xff":
             scale = next((s for s in (8, 4, 2) if min(-(-full.shape[0] // s),
                                                      -(-full.shape[1] // s)) >= size), 1)
-    image = full if scale == 1 else cv2.imread(path, _CV_REDUCED[scale])
+    return (full if scale == 1 else cv2.imread(path, _CV_REDUCED[scale])), scale
+
+
+def resize_reference(image: np.ndarray, scale: int, size: int,
+                     interpolation: str) -> np.ndarray:
+    """The resize (``auto``: bilinear after a reduced decode less than 4x ``size`` on its
+    longer side, else area)."""
+    if interpolation == "auto":
+        interpolation = "linear" if scale > 1 and max(image.shape) < 4 * size else "area"
     return cv2.resize(image, (size, size), interpolation=_CV_INTER[interpolation])
 
 
+_KINDS = ("tutorial", "exact", "fast", "auto", "area")
+_COMPARED = ("fast", "auto", "tutorial")  # each against "area" (full decode + INTER_AREA)
+
+
+def _reference_one(path: str, size: int, interpolation: str) -> tuple[dict, dict]:
+    """Every reference output of one file (zeros if OpenCV cannot read it), and the
+    squared error, PSNR and max |diff| of the compared ones."""
+    full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if full is None:
+        images = dict.fromkeys(_KINDS, np.zeros((size, size), np.uint8))
+    else:
+        reduced, scale = reduced_reference(path, full, size)
+        images = {"tutorial": cv2.resize(full, (size, size)),
+                  "exact": cv2.resize(full, (size, size),
+                                      interpolation=_CV_INTER[interpolation]),
+                  "area": cv2.resize(full, (size, size), interpolation=cv2.INTER_AREA),
+                  "fast": resize_reference(reduced, scale, size, interpolation),
+                  "auto": resize_reference(reduced, scale, size, "auto")}
+    row = {}
+    for name in _COMPARED:
+        diff = images[name].astype(np.int32) - images["area"]
+        row[f"{name}_mse"] = float(np.mean(diff.astype(np.float64) ** 2))
+        row[f"{name}_psnr"] = psnr(row[f"{name}_mse"])
+        row[f"{name}_maxdiff"] = int(np.abs(diff).max())
+    return images, row
+
+
 def reference(paths: list[str], size: int, interpolation: str) -> dict[str, Any]:
-    """Serial cv2 references for every output, and the quality of fast against exact."""
-    hashes = {k: hashlib.sha256() for k in ("tutorial", "exact", "fast")}
+    """Serial cv2 references for every output, and the quality of fast mode (with
+    ``interpolation``), of the default (fast, auto) and of the tutorial against a full
+    decode + INTER_AREA."""
+    hashes = {k: hashlib.sha256() for k in _KINDS}
     per_image = []
-    sq = {"fast": 0.0, "tutorial": 0.0}
-    maxdiff = {"fast": 0, "tutorial": 0}
+    sq = dict.fromkeys(_COMPARED, 0.0)
+    maxdiff = dict.fromkeys(_COMPARED, 0)
+    links: dict[str, tuple[dict, dict]] = {}
     for path in paths:
-        full = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        zero = np.zeros((size, size), np.uint8)
-        exact = zero if full is None else cv2.resize(full, (size, size),
-                                                     interpolation=_CV_INTER[interpolation])
-        tut = zero if full is None else cv2.resize(full, (size, size))
-        fast = reference_fast(path, size, interpolation)
-        fast = zero if fast is None else fast
-        for name, image in (("tutorial", tut), ("exact", exact), ("fast", fast)):
-            hashes[name].update(image.tobytes())
-        row = {"path": path}
-        for name, image in (("fast", fast), ("tutorial", tut)):
-            diff = image.astype(np.int32) - exact
-            mse = float(np.mean(diff.astype(np.float64) ** 2))
-            sq[name] += mse
-            maxdiff[name] = max(maxdiff[name], int(np.abs(diff).max()))
-            row[f"{name}_psnr"] = psnr(mse)
-            row[f"{name}_maxdiff"] = int(np.abs(diff).max())
-        row["full_shape"] = None if full is None else list(full.shape)
-        per_image.append(row)
+        real = os.path.realpath(path)
+        images, row = links.get(real) or _reference_one(path, size, interpolation)
+        if real != path:  # a link (--replicate): its target is decoded once
+            links[real] = images, row
+        for name in _KINDS:
+            hashes[name].update(images[name].tobytes())
+        for name in _COMPARED:
+            sq[name] += row[f"{name}_mse"]
+            maxdiff[name] = max(maxdiff[name], row[f"{name}_maxdiff"])
+        per_image.append({"path": path, **{k: v for k, v in row.items()
+                                           if not k.endswith("_mse")}})
     n = max(len(paths), 1)
-    return {"digests": {k: h.hexdigest() for k, h in hashes.items()},
-            "quality": {"fast_psnr": psnr(sq["fast"] / n), "fast_maxdiff": maxdiff["fast"],
-                        "tutorial_psnr": psnr(sq["tutorial"] / n),
-                        "tutorial_maxdiff": maxdiff["tutorial"], "per_image": per_image}}
+    quality = {"per_image": per_image}
+    for name in _COMPARED:
+        quality[f"{name}_psnr"] = psnr(sq[name] / n)
+        quality[f"{name}_maxdiff"] = maxdiff[name]
+    return {"digests": {k: h.hexdigest() for k, h in hashes.items()}, "quality": quality}
 
 
 def psnr(mse: float) -> float | None:
@@ -404,7 +434,8 @@ def profile(paths: list[str], classes: list[str], size: int, interpolation: str,
             header = timed("header", decode.read_header, data)
             scale = decode.dct_scale(header, size) if mode == "fast" else 1
             image = timed("decode", decode.decode_gray, data, header, scale)
-            small = timed("resize", decode.resize, image, size, interpolation)
+            method = decode.interpolation_for(interpolation, scale, image.shape, size)
+            small = timed("resize", decode.resize, image, size, method)
             timed("hist", decode.histogram, small)
         except decode.ImageError:
             pass
@@ -544,6 +575,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "ingest":  # no file list of our own: it would weigh on the measured RSS
         result = run_ingest(spec)
         return {**result, **_maxrss()}
+    if kind == "timeline":
+        import timeline
+
+        return {**timeline.run(spec["src"], "fast", "auto", workers, size, spec.get("tmp")),
+                **_maxrss()}
+    if kind == "loader":
+        import loaders
+
+        with Meter() as meter:
+            result = loaders.epoch(spec)
+        return {**result, **meter.result(), "input_bytes": 0, **_maxrss()}
     paths, weights, classes = source_files(spec["src"], spec.get("limit"))
     result: dict[str, Any] = {"n": len(paths), "input_bytes": int(sum(weights))}
     if kind == "reference":

@@ -33,7 +33,8 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _ingest(src: Path, out: Path, mode: str) -> tuple[xraybatch.IngestResult, pd.DataFrame]:
-    result = xraybatch.ingest(src, out, size=SIZE, chunk=8, decode_mode=mode)
+    result = xraybatch.ingest(src, out, size=SIZE, chunk=8, decode_mode=mode,
+                              interpolation="area")
     return result, xraybatch.open(str(out)).manifest.set_index("path")
 
 

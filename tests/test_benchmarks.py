@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import xraybatch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -31,7 +34,7 @@ def suite_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproces
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "out"
     cmd = [sys.executable, str(BENCH / "run.py"), "--synth", "24", "--synth-scale", "0.15",
-           "--size", "64", "--repeat", "1", "--workers", "2", "--sweep", "scaling,memory",
+           "--size", "64", "--repeat", "1", "--workers", "2", "--sweep", "modes,scaling,memory",
            "--memory-sizes", "12,24", "--memory-scale", "0.08", "--out", str(out),
            "--tmp", str(tmp), "--timeout", "120"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -43,11 +46,9 @@ def test_suite_runs_and_checks_every_output(suite_run) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     main = {r["config"]: r for r in results["main"]}
-    expected = {"tutorial loop (serial)", "multiprocessing.Pool (2)",
-                "xraybatch exact, threads (2)", "xraybatch exact, processes (2)",
-                "xraybatch exact, distributed (2)", "xraybatch fast, threads (2)",
-                "xraybatch fast, processes (2)", "xraybatch fast, distributed (2)",
-                "xraybatch exact linear, threads (2)", "decode-only limit (2)"}
+    expected = {"tutorial loop (serial)", "multiprocessing.Pool (2)", "decode-only limit (2)",
+                "xraybatch default, threads (2)", "xraybatch default, processes (2)",
+                "xraybatch default, distributed (2)", "xraybatch exact linear, threads (2)"}
     assert set(main) == expected
     for name, row in main.items():
         assert "error" not in row, (name, row.get("error"))
@@ -56,36 +57,47 @@ def test_suite_runs_and_checks_every_output(suite_run) -> None:
             assert row["check"] == "n/a"
         else:  # the same bytes as the serial cv2 reference of its kind
             assert row["check"].startswith("= "), (name, row["check"])
-    assert main["xraybatch fast, threads (2)"]["check"] == "= fast ref"
-    assert main["xraybatch exact, threads (2)"]["check"] == "= exact ref"
+    for scheduler in ("threads", "processes", "distributed"):
+        assert main[f"xraybatch default, {scheduler} (2)"]["check"] == "= auto ref"
     assert main["xraybatch exact linear, threads (2)"]["check"] == "= tutorial ref"
-    schedule = main["xraybatch fast, distributed (2)"]["schedule"]
+    modes = {r["config"]: r["check"] for r in results["sweeps"]["modes"]}
+    assert modes == {"fast area, threads (2)": "= fast ref",
+                     "exact area, threads (2)": "= exact ref"}
+    schedule = main["xraybatch default, distributed (2)"]["schedule"]
     assert schedule["tasks"] >= 1 and schedule["task_seconds"] > 0
-    assert main["xraybatch fast, distributed (2)"]["setup_seconds"] > 0
+    assert main["xraybatch default, distributed (2)"]["setup_seconds"] > 0
     # The RSS of worker processes is counted: a cluster (a scheduler, two nannies, two
     # workers) weighs more than one process running threads.
-    assert (main["xraybatch fast, distributed (2)"]["peak_rss"]
-            > 2 * main["xraybatch fast, threads (2)"]["peak_rss"])
+    assert (main["xraybatch default, distributed (2)"]["peak_rss"]
+            > 2 * main["xraybatch default, threads (2)"]["peak_rss"])
 
 
 def test_suite_reports_profile_quality_and_sweeps(suite_run) -> None:
     out, proc = suite_run
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
-    for mode in ("exact", "fast"):
-        stages = results["profile"][mode]["stages"]
+    for label in ("default", "exact linear"):
+        stages = results["profile"][label]["stages"]
         assert set(stages) == {"read", "hash", "header", "decode", "resize", "hist", "write"}
         assert all(v > 0 for v in stages.values())
+    timeline = results["timeline"]
+    assert timeline["n"] == 24 and timeline["n_tasks"] >= 1
+    assert {"scan", "create", "plan", "tasks", "summarise", "mark complete"} <= \
+        set(timeline["phases"])
+    assert timeline["stages"]["decode"] > 0 and timeline["stages"]["write"] > 0
+    assert timeline["calls"]["decode"] == 24 and timeline["cores"]
     quality = results["quality"]
     assert len(quality["per_image"]) == 24 and quality["tutorial_psnr"] is not None
+    assert quality["auto_psnr"] is not None
     scaling = {r["config"] for r in results["sweeps"]["scaling"]}
-    assert {"fast threads (1)", "fast threads (2)", "decode-only limit (2)"} <= scaling
+    assert {"default threads (1)", "default threads (2)", "decode-only limit (2)"} <= scaling
     memory = results["sweeps"]["memory"]
     assert sorted({r["n"] for r in memory}) == [12, 24]
     assert all("peak_rss" in r for r in memory)
     md = (out / "results.md").read_text()
     for title in ("### Throughput", "### Targets", "### Where the time goes", "### Scheduling",
-                  "### Quality of fast mode", "### Sweep: scaling", "### Sweep: memory"):
+                  "### Timeline of one default ingest", "### Quality", "### Sweep: modes",
+                  "### Sweep: scaling", "### Sweep: memory"):
         assert title in md
     assert md in proc.stdout  # the Markdown to paste is printed as well
     pytest.importorskip("matplotlib")
@@ -96,6 +108,7 @@ def test_suite_leaves_no_store_or_data_behind(suite_run) -> None:
     out, _ = suite_run
     tmp = out.parent
     assert not list(tmp.glob("xb-bench-*")) and not list(tmp.glob("xb-prof-*"))
+    assert not list(tmp.glob("xb-timeline-*"))
     assert not (out / "memory-data").exists()
 
 
@@ -108,6 +121,11 @@ def test_check_detects_a_different_array(bench) -> None:
     assert run.check(fast, {"digest": "e"}, refs, "area") == "MISMATCH vs fast ref"
     assert run.check(exact_linear, {"digest": "t"}, refs, "area") == "= tutorial ref"
     assert run.check({"kind": "pool"}, {"digest": "x"}, refs, "area") == "MISMATCH vs tutorial ref"
+    default = {"kind": "ingest", "mode": "fast", "interpolation": "auto"}
+    refs.update(auto="a", area="e")
+    assert run.check(default, {"digest": "a"}, refs, "area") == "= auto ref"
+    assert run.check(default, {"digest": "f"}, refs, "area") == "MISMATCH vs auto ref"
+    assert run.check({"kind": "decode_limit"}, {"digest": None}, refs, "area") == "n/a"
 
 
 def test_schedule_splits_worker_time(bench) -> None:
@@ -160,3 +178,31 @@ def test_ingest_starts_the_heaviest_chunk_first(monkeypatch: pytest.MonkeyPatch,
     dask.compute(*tasks, scheduler="threads", num_workers=1)
     chunk_weight = [weights[2 * i] + weights[2 * i + 1] for i in range(12)]
     assert [chunk_weight[i] for i in ran] == sorted(chunk_weight, reverse=True)
+
+
+def test_loaders_read_every_sample(bench, synth_small: Path, tmp_path: Path) -> None:
+    """The store loaders without torch (xarray/dask, zarr): one epoch yields every image."""
+    import loaders
+
+    store = loaders.build_store(str(synth_small), str(tmp_path / "l.zarr"), 32)
+    images = xraybatch.open(store).read_images(slice(None)).astype(np.float64) / 255
+    specs = loaders.specs({"src": str(synth_small), "size": 32}, store, with_torch=False)
+    assert set(specs) == {"xarray/dask, chunk-shuffled", "zarr, chunk-shuffled"}
+    for spec in specs.values():
+        result = loaders.epoch({**spec, "batch": 7})
+        assert result["n"] == len(images) and result["first_batch_seconds"] >= 0
+        # The first pixel of every batch is summed: a permutation of chunks and rows.
+        assert 0 < result["checksum"] <= images.mean(axis=(1, 2)).sum()
+
+
+def test_loaders_say_what_to_install(bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    import loaders
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchvision" else real(name, *a))
+    hint = loaders.missing_torch()
+    assert hint is not None and "\n" not in hint and "pip install" in hint
+    assert "torchvision missing" in hint

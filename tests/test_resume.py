@@ -32,7 +32,7 @@ INGEST_ARGS = ["--size", str(SIZE), "--chunk", str(CHUNK), "--quiet"]
 WRAPPER = '''
 import os, runpy, signal, sys, time
 
-import xraybatch  # noqa: F401
+import xraybatch.ingest  # noqa: F401  (the package imports its modules lazily)
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 ingest = sys.modules["xraybatch.ingest"]
@@ -200,7 +200,7 @@ def test_resume_refuses_changed_parameters(synth_small, reference, tmp_path):
     shutil.copytree(reference.store.root, out)
     with pytest.raises(StoreError, match="size was 64, now 32"):
         xraybatch.ingest(synth_small, out, size=32, chunk=CHUNK, resume=True)
-    with pytest.raises(StoreError, match="interpolation was 'area', now 'linear'"):
+    with pytest.raises(StoreError, match="interpolation was 'auto', now 'linear'"):
         xraybatch.ingest(synth_small, out, size=SIZE, interpolation="linear", resume=True)
 
 

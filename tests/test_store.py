@@ -78,7 +78,7 @@ def test_attributes(out: Path, synth_small: Path) -> None:
     assert attrs["splits"] == ["train", "val", "test"]
     assert (attrs["size"], attrs["chunk"], attrs["n_images"]) == (SIZE, 16, 60)
     assert (attrs["interpolation"], attrs["decode"], attrs["label_scheme"]) == \
-        ("area", "fast", "kermany3")
+        ("auto", "fast", "kermany3")
     assert attrs["source"] == str(synth_small.resolve())
     assert attrs["xraybatch_version"] == xraybatch.__version__
     created = dt.datetime.fromisoformat(attrs["created"])

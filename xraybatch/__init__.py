@@ -9,18 +9,68 @@ Examples
 >>> ds.images, ds.labels, ds.manifest, ds.stats()                  # doctest: +SKIP
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("xraybatch")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
-from .ingest import IngestResult, ingest  # noqa: E402
-from .report import write_report  # noqa: E402  (matplotlib is imported only when called)
-from .scan import Scan, scan  # noqa: E402
-from .store import XrayStore  # noqa: E402
-from .synth import synth_dataset  # noqa: E402
+if TYPE_CHECKING:
+    from .ingest import IngestResult, ingest
+    from .report import write_report
+    from .scan import Scan, scan
+    from .store import XrayStore
+    from .synth import synth_dataset
+
+# The public names and the submodules, imported on first use (PEP 562): `import xraybatch`
+# and the command line's --help stay free of Dask, OpenCV, zarr and pandas.
+_LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
+         "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth"}
+_SUBMODULES = ("cli", "decode", "options", "progress", "qc", "report", "stats", "store",
+               "synth", "torch_dataset")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value = _version()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # which binds it here
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES, "__version__"})
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xraybatch")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+class _Package(types.ModuleType):
+    """Keeps ``xraybatch.ingest`` and ``xraybatch.scan`` the functions.
+
+    Importing the submodule ``xraybatch.ingest`` binds it as an attribute of the package;
+    that binding is dropped so that the name still resolves to the function, as it did
+    when the package imported everything eagerly.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (isinstance(value, types.ModuleType) and _LAZY.get(name) == name):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def open(out: str, storage_options: dict | None = None) -> XrayStore:  # noqa: A001
@@ -31,6 +81,8 @@ def open(out: str, storage_options: dict | None = None) -> XrayStore:  # noqa: A
     >>> ds = xraybatch.open("demo.zarr")  # doctest: +SKIP
     >>> ds.images.shape, ds.classes       # doctest: +SKIP
     """
+    from .store import XrayStore
+
     return XrayStore(out, storage_options)
 
 

@@ -10,20 +10,24 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
-from . import __version__, decode
-from .ingest import DEFAULT_CHUNK, IngestResult, SchedulerError, ingest
-from .scan import ScanError
+# Only light imports here, so that --help answers at once: the commands import what they use.
+from .options import (
+    DECODE_MODES,
+    DEFAULT_CHUNK,
+    DEFAULT_INTERPOLATION,
+    INTERPOLATION_CHOICES,
+    MAX_PIXELS,
+)
 from .sources import TABLE_PRESETS
-from .stats import table as stats_table
-from .store import StoreError, StoreRef, XrayStore, check_target
+
+if TYPE_CHECKING:
+    from .ingest import IngestResult
 
 EXIT_FAILED_FILES = 1
 EXIT_USAGE = 2
@@ -52,18 +56,20 @@ def _parser() -> argparse.ArgumentParser:
         prog="xraybatch", formatter_class=fmt,
         description="Turn a folder of X-ray images into an analysis-ready zarr dataset.",
         epilog=_examples("""
-            xraybatch demo                              # synth -> ingest -> stats, end to end
+            xraybatch demo                              # synth -> ingest -> stats -> report
             xraybatch ingest chest_xray xray.zarr --labels kermany3
             xraybatch stats xray.zarr --by split
             xraybatch report xray.zarr --out xray-report  # figures + QC, needs xraybatch[plot]
             xraybatch inspect chest_xray/train/NORMAL/IM-0115-0001.jpeg
         """))
-    p.add_argument("--version", action="version", version=f"xraybatch {__version__}")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("demo", formatter_class=fmt, help="synthetic data -> ingest -> stats",
-                       description="Generate a synthetic Kermany-shaped dataset, ingest it and "
-                                   "print its statistics.",
+    d = sub.add_parser("demo", formatter_class=fmt,
+                       help="synthetic data -> ingest -> stats -> report",
+                       description="Generate a synthetic Kermany-shaped dataset, ingest it, "
+                                   "print its statistics and write its report (DIR/report/"
+                                   "index.html; the figures need xraybatch[plot]).",
                        epilog=_examples("xraybatch demo\nxraybatch demo /tmp/xdemo --n 1000"))
     d.add_argument("dir", nargs="?", default="xraybatch-demo",
                    help="working folder (default: ./xraybatch-demo)")
@@ -93,9 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--size", type=int, default=256, help="output side in pixels (default: 256)")
     i.add_argument("--labels", default="folder", metavar="folder|kermany3|FILE.csv",
                    help="label scheme (default: folder)")
-    i.add_argument("--interpolation", choices=sorted(decode.INTERPOLATIONS), default="area",
-                   help="resize filter; linear reproduces the tutorial (default: area)")
-    i.add_argument("--decode", choices=decode.DECODE_MODES, default="fast",
+    i.add_argument("--interpolation", choices=INTERPOLATION_CHOICES,
+                   default=DEFAULT_INTERPOLATION,
+                   help="resize filter; auto: linear after a DCT-reduced decode, else area; "
+                        "linear with --decode exact reproduces the tutorial (default: auto)")
+    i.add_argument("--decode", choices=DECODE_MODES, default="fast",
                    help="fast: DCT-scaled JPEG decode when big enough; exact: full decode "
                         "(default: fast)")
     i.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
@@ -105,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Dask scheduler, or a distributed scheduler address (default: threads)")
     i.add_argument("--workers", type=int, default=None,
                    help="local workers (default: one per core; a cluster has its own)")
-    i.add_argument("--max-pixels", type=int, default=decode.MAX_PIXELS,
-                   help=f"refuse images declaring more pixels (default: {decode.MAX_PIXELS:,})")
+    i.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"refuse images declaring more pixels (default: {MAX_PIXELS:,})")
     mode = i.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     mode.add_argument("--resume", action="store_true",
@@ -186,6 +194,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed version is looked up only when asked (it costs an import)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from . import __version__
+
+        print(f"xraybatch {__version__}")
+        parser.exit()
+
+
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-option", type=_storage_option, action="append", default=[],
                         metavar="KEY=VALUE",
@@ -196,6 +217,14 @@ def _add_storage_option(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``xraybatch`` command."""
     args = _parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # keep stdout in step with progress lines on stderr
+        sys.stdout.reconfigure(line_buffering=True)  # in a log, a pipe, a notebook
+    # Imported once the arguments are parsed: --help and usage errors never load them.
+    from . import decode
+    from .ingest import SchedulerError
+    from .scan import ScanError
+    from .store import StoreError
+
     try:
         return _COMMANDS[args.command](args)
     except (ScanError, StoreError, SchedulerError, OSError, ValueError,
@@ -233,21 +262,63 @@ def _storage_option(text: str) -> tuple[str, Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .ingest import ingest
+    from .report import first_source_image, require_matplotlib, write_report
+    from .store import StoreRef, XrayStore, check_target
     from .synth import synth_dataset
 
     root = Path(args.dir)
-    src, out = root / "chest_xray", root / "xray.zarr"
+    src, out, report = root / "chest_xray", root / "xray.zarr", root / "report"
     # Both steps refuse what they did not write themselves; check the store before synth.
     check_target(StoreRef(str(out)), overwrite=args.overwrite)
-    print(f"1/3 synth: writing {args.n} synthetic X-rays to {src}")
+    print(f"1/4 synth: writing {args.n} synthetic X-rays to {src}")
     synth_dataset(src, n=args.n, seed=0, overwrite=args.overwrite)
-    print(f"2/3 ingest: {src} -> {out}")
+    print(f"2/4 ingest: {src} -> {out}")
     result = ingest(src, out, labels="kermany3", progress=True, overwrite=args.overwrite)
     _print_summary(result)
-    print("3/3 stats:")
-    _print_stats(XrayStore(str(out)).stats(), "split")
-    print(f"\nopen it: python -c \"import xraybatch; print(xraybatch.open('{out}'))\"")
+    print("3/4 stats:")
+    ds = XrayStore(str(out))
+    _print_stats(ds.stats(), "split")
+    try:
+        require_matplotlib()
+    except ImportError as e:  # the statistics are done; the figures are optional
+        print(f"4/4 report: skipped, {e}")
+        report = None
+    else:
+        print(f"4/4 report: figures and index.html in {report}")
+        written = write_report(ds, report, overwrite=args.overwrite, inspect=first_source_image(ds))
+        print(f"wrote {len(written.files) - 2} figures, manifest.csv and index.html")
+        print(f"\nopen the report in a browser:\n  {written.index.resolve().as_uri()}")
+    print("\nthen try it on your own folder of X-rays (SRC/CLASS/*.jpeg, or "
+          "SRC/{train,val,test}/CLASS/*.jpeg):")
+    program, python = _invocation()
+    commands = [
+        (f"{program} ingest SRC xray.zarr", "labels = folder names; --labels kermany3|FILE.csv"),
+        (f"{program} stats xray.zarr --by split", "exact statistics per split and class"),
+        (f"{program} report xray.zarr --out xray-report", "these figures for your data"
+         + ("" if report else ", needs xraybatch[plot]")),
+        (f"{python} benchmarks/run.py SRC", "loader speed here (in the repository, '.[bench]')")]
+    width = max(len(command) for command, _ in commands)
+    for command, note in commands:
+        print(f"  {command:<{width}}  # {note}")
     return 0
+
+
+def _invocation() -> tuple[str, str]:
+    """This ``xraybatch`` and its Python as the user can type them again: the bare names when
+    the shell finds these very files, else their paths (``.venv/bin/xraybatch``)."""
+    def typed(path: str, name: str) -> str:
+        found = shutil.which(name)
+        if found and os.path.abspath(found) == os.path.abspath(path):
+            return name
+        relative = os.path.relpath(path)
+        return os.path.abspath(path) if relative.startswith("..") else relative
+
+    python = typed(sys.executable, "python")
+    script = sys.argv[0]
+    if os.path.basename(script) == "xraybatch":
+        return typed(script, "xraybatch"), python
+    return f"{python} -m xraybatch", python  # python -m xraybatch, or main() called from Python
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -261,6 +332,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
+    from .ingest import ingest
+
     result = ingest(args.src, args.out, size=args.size, labels=args.labels,
                     interpolation=args.interpolation, decode_mode=args.decode, chunk=args.chunk,
                     scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
@@ -268,6 +341,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     storage_options=dict(args.storage_option), files=args.files,
                     table_preset=args.table_preset, columns=_columns(args))
     _print_summary(result)
+    print(f"next: {_next_commands(args.out)}")
     return EXIT_FAILED_FILES if args.strict and len(result.failures) else 0
 
 
@@ -301,6 +375,8 @@ def _print_summary(result: IngestResult) -> None:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    from .store import XrayStore
+
     ds = XrayStore(args.out, dict(args.storage_option))
     if not ds.complete:
         done, total = ds.progress
@@ -317,6 +393,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _print_stats(stats: dict, by: str) -> None:
+    import pandas as pd
+
+    from .stats import table as stats_table
+
     named = {"all": stats["global"]}
     if by == "class":
         named |= stats["per_class"]
@@ -335,6 +415,7 @@ def _print_stats(stats: dict, by: str) -> None:
 
 def inspect_image(path: str | os.PathLike, storage_options: dict | None = None) -> dict:
     """The tutorial's single-image numbers for one file (or URL), read as 8-bit grayscale."""
+    from . import decode
     from .sources.remote import source_options
 
     with source_options(storage_options):
@@ -347,6 +428,8 @@ def inspect_image(path: str | os.PathLike, storage_options: dict | None = None) 
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
     info = inspect_image(args.image, dict(args.storage_option))
     if args.plot:
         from .report import plot_inspect
@@ -375,7 +458,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
                           storage_options=dict(args.storage_option))
     print(f"wrote {result.index} and {len(FIGURES)} figures: {result.n_images} images, "
           f"{result.n_failed} failed, {result.n_flagged} with QC flags")
+    print(f"open in a browser: {result.index.resolve().as_uri()}")
+    print(f"next: ds = xraybatch.open({args.out!r}) in Python, to analyse or train on the "
+          "store (README: \"Reading a store for analysis and training\")")
     return 0
+
+
+def _next_commands(out: str) -> str:
+    """What to run on a store just written: its statistics, then its report."""
+    report = out.rstrip("/").rsplit("/", 1)[-1] if "://" in out else out.rstrip("/")
+    report = (report[:-5] if report.endswith(".zarr") else report) + "-report"
+    program = _invocation()[0]
+    return (f"{program} stats {shlex.quote(out)} --by split, then {program} report "
+            f"{shlex.quote(out)} --out {shlex.quote(report)} (figures and index.html)")
 
 
 _COMMANDS = {"demo": _cmd_demo, "synth": _cmd_synth, "ingest": _cmd_ingest,

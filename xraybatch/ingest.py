@@ -8,10 +8,10 @@ twice (retry, resume, a worker lost) is written with the same bytes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,15 +26,14 @@ import dask.threaded
 import numpy as np
 import pandas as pd
 import zarr
-from dask.delayed import Delayed
 
 from . import decode, qc, store
+from .options import DEFAULT_CHUNK, DEFAULT_INTERPOLATION, INTERPOLATION_CHOICES
+from .progress import Progress, dask_callback
 from .scan import Scan, scan
 from .sources import listing, remote, tables
 from .store import StoreError, StoreRef
 
-#: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
-DEFAULT_CHUNK = 64
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 _LOCAL_GET = {"threads": dask.threaded.get, "processes": dask.multiprocessing.get,
               "sync": dask.local.get_sync}
@@ -125,7 +124,7 @@ def run_chunk(task: ChunkTask) -> ChunkReport:
     # Dask already runs one task per core; OpenCV's own pool would oversubscribe them.
     cv2.setNumThreads(1)
     try:
-        group = task.ref.open("r+")
+        group = store.open_for_chunks(task.ref)
     except FileNotFoundError:
         raise StoreError(f"{socket.gethostname()} cannot open {task.ref.url}: on a cluster, "
                          "OUT must be on a file system or object store every worker reaches"
@@ -157,56 +156,61 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
         key = f"xraybatch-chunk-{rank:06d}-{index}-{dask.base.tokenize(spec)}"
-        # A one-task graph, not dask.delayed(run_chunk)(spec): delayed walks the spec's paths
-        # (0.7 ms per task, 11 s for a million images; benchmarks/scale.py).
-        tasks.append(Delayed(key, {key: (run_chunk, spec)}))
+        # The spec is bound in a partial: passed as an argument, dask would walk its 64
+        # paths looking for collections (3 ms per task, seconds on large folders).
+        task = dask.delayed(functools.partial(run_chunk, spec), name=key, pure=True)
+        tasks.append(task(dask_key_name=key))
     return tasks
 
 
 def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
-            progress: bool = False, retries: int = 2) -> list[ChunkReport]:
-    """Run the tasks on a local scheduler (a name) or a ``distributed.Client``."""
+            progress: bool = False, retries: int = 2, images: int = 0) -> list[ChunkReport]:
+    """Run the tasks on a local scheduler (a name) or a ``distributed.Client``.
+
+    ``images`` (how many the tasks hold) is the total that ``progress`` counts towards.
+    """
     if not tasks:
         return []
-    if isinstance(scheduler, str):
-        from dask.diagnostics import ProgressBar
-
-        bar = ProgressBar(dt=0.5) if progress else nullcontext()
-        with bar:  # the function, not its name: a name makes dask import distributed
-            return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
-                                     num_workers=workers))
-    from distributed import KilledWorker
-
-    try:
-        return _windowed(scheduler, tasks, retries, progress)
-    except KilledWorker as e:  # the scheduler gave up after allowed-failures worker deaths
-        raise SchedulerError(f"workers kept dying while running a chunk task ({e}); "
-                             "the store is incomplete: fix the workers and --resume") from None
+    with Progress().start(images) if progress else nullcontext() as bar:
+        if isinstance(scheduler, str):
+            keys = {task.key for task in tasks}
+            count = dask_callback(bar, _images_done, keys) if bar else nullcontext()
+            with count:  # the function, not its name: a name makes dask import distributed
+                return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
+                                         num_workers=workers))
+        return _gather(scheduler, tasks, retries, bar)
 
 
-def _windowed(client: Any, tasks: list, retries: int, progress: bool) -> list[ChunkReport]:
-    """Run tasks on a cluster with a bounded number in flight, heaviest first.
+def _images_done(result: Any) -> int:
+    """Images of a finished chunk task, for the progress display."""
+    return result.n if isinstance(result, ChunkReport) else 0
+
+
+def _gather(client: Any, tasks: list, retries: int, bar: Progress | None) -> list[ChunkReport]:
+    """Run the tasks on a cluster, heaviest first, a bounded number in flight; advance ``bar``.
 
     Submitting every task at once makes the scheduler and the client hold one future per
     chunk; a window of a few tasks per worker thread keeps both flat for any dataset size.
     """
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     window = max(8, IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
     waiting = reversed(tasks)  # build_tasks puts the heaviest chunks last
-    running = as_completed(client.compute(list(itertools.islice(waiting, window)),
-                                          retries=retries))
-    reports, last = [], time.monotonic()
-    for future in running:
-        reports.append(future.result())
-        future.release()
-        for task in itertools.islice(waiting, 1):
-            running.add(client.compute(task, retries=retries))
-        if progress and (time.monotonic() - last > 5 or len(reports) == len(tasks)):
-            last = time.monotonic()
-            print(f"ingest: {len(reports)} of {len(tasks)} chunks done", file=sys.stderr,
-                  flush=True)
-    return reports
+    reports: list[ChunkReport] = []
+    try:
+        running = as_completed(client.compute(list(itertools.islice(waiting, window)),
+                                              retries=retries))
+        for future in running:
+            reports.append(future.result())  # a task's error is raised at once
+            future.release()
+            if bar:
+                bar.advance(_images_done(reports[-1]))
+            for task in itertools.islice(waiting, 1):
+                running.add(client.compute(task, retries=retries))
+        return reports
+    except KilledWorker as e:  # the scheduler gave up after allowed-failures worker deaths
+        raise SchedulerError(f"workers kept dying while running a chunk task ({e}); "
+                             "the store is incomplete: fix the workers and --resume") from None
 
 
 @contextmanager
@@ -235,7 +239,8 @@ def _connect(address: str):
 
 
 def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
-           labels: str = "folder", interpolation: str = "area", decode_mode: str = "fast",
+           labels: str = "folder", interpolation: str = DEFAULT_INTERPOLATION,
+           decode_mode: str = "fast",
            chunk: int = DEFAULT_CHUNK, scheduler: Any = "threads", workers: int | None = None,
            overwrite: bool = False, resume: bool = False, progress: bool = False,
            max_pixels: int = decode.MAX_PIXELS, storage_options: dict | None = None,
@@ -253,8 +258,9 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     out
         Store path or fsspec URL (``s3://bucket/x.zarr`` needs ``xraybatch[s3]``).
     size, interpolation, decode_mode
-        Output side, ``"area"`` or ``"linear"`` resize, ``"fast"`` (DCT-scaled JPEG
-        decode) or ``"exact"`` (full decode).
+        Output side; resize filter ``"auto"`` (bilinear after a DCT-reduced decode, area
+        otherwise: :func:`xraybatch.decode.interpolation_for`), ``"area"`` or ``"linear"``;
+        ``"fast"`` (DCT-scaled JPEG decode) or ``"exact"`` (full decode).
     labels
         ``"folder"``, ``"kermany3"`` or the path of a CSV file (see :func:`xraybatch.scan`).
     chunk
@@ -297,8 +303,9 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         raise ValueError(f"size must be between 8 and 4096, got {size}")
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
-    if interpolation not in decode.INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {interpolation!r}: use area or linear")
+    if interpolation not in INTERPOLATION_CHOICES:
+        raise ValueError(f"unknown interpolation {interpolation!r}: use "
+                         f"{', '.join(INTERPOLATION_CHOICES)}")
     if decode_mode not in decode.DECODE_MODES:
         raise ValueError(f"unknown decode mode {decode_mode!r}: use fast or exact")
     if overwrite and resume:
@@ -319,19 +326,22 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
     # Connect before the store is created, so an unreachable cluster leaves OUT untouched.
     with connected(scheduler) as target, store.locked(ref):
         group = _resume(ref, found, {**attrs, "size": size}) if resume else None
-        if group is None:  # a new store, or a resumed one whose creation was interrupted
+        created = group is None
+        if created:  # a new store, or a resumed one whose creation was interrupted
             group = store.create(ref, found.manifest, size=size, chunk=chunk,
                                  classes=found.classes, splits=found.splits, attrs=attrs,
                                  overwrite=overwrite or resume, findings=found.findings)
         chunk = int(group.attrs["chunk"])
-        todo = [int(i) for i in np.flatnonzero(~store.done_chunks(group))]
+        todo = (list(range(store.n_chunks(len(found.manifest), chunk))) if created
+                else [int(i) for i in np.flatnonzero(~store.done_chunks(group))])
         params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
                       decode=decode_mode, max_pixels=max_pixels, source_options=source_options)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
                             weights=found.manifest.bytes.tolist(), **params)
         threads = cv2.getNumThreads()
         try:
-            reports = compute(tasks, target, workers, progress, retries)
+            reports = compute(tasks, target, workers, progress, retries,
+                              images=sum(min(chunk, len(found.manifest) - i * chunk) for i in todo))
         finally:
             cv2.setNumThreads(threads)
         result = _summarize(ref, found, reports, time.perf_counter() - t0)
@@ -383,12 +393,26 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
 def _summarize(ref: StoreRef, found: Scan, reports: list[ChunkReport],
                seconds: float) -> IngestResult:
     group = ref.open("r")
-    failures = store.failures(group)
     n = int(group.attrs["n_images"])
+    chunks_total = store.n_chunks(n, int(group.attrs["chunk"]))
+    # A run that wrote every chunk has every failure in its reports; reading them back
+    # from the store costs three whole string arrays. A resumed run reads the store.
+    failures = (_failures(found, reports) if len(reports) == chunks_total
+                else store.failures(group))
     return IngestResult(out=ref.url, n_images=n, n_stored=n - len(failures), failures=failures,
                         skipped=found.skipped, seconds=seconds, chunks_run=len(reports),
-                        chunks_total=store.n_chunks(n, int(group.attrs["chunk"])),
+                        chunks_total=chunks_total,
                         bytes_read=sum(r.bytes_read for r in reports), reports=reports)
+
+
+def _failures(found: Scan, reports: list[ChunkReport]) -> pd.DataFrame:
+    """What :func:`store.failures` reads back, from the chunk reports of this run."""
+    rows = sorted(f for r in reports for f in r.failures)
+    paths = found.manifest.path.to_numpy()
+    return pd.DataFrame({"path": [paths[i] for i, _, _ in rows],
+                         "status": [code for _, code, _ in rows],
+                         "message": [message for _, _, message in rows]},
+                        columns=["path", "status", "message"])
 
 
 def _summary_attrs(result: IngestResult) -> dict[str, Any]:

@@ -33,6 +33,8 @@ FIGURES: dict[str, str] = {
     "intensity_spread.png": "Per-image mean and standard deviation by class; red crosses are "
                             "the images flagged as per-class outliers.",
 }
+#: The tutorial's view of one source image, drawn when :func:`write_report` is given one.
+ONE_IMAGE = "one_image.png"
 #: Longest file list shown in the HTML; manifest.csv has every row.
 MAX_ROWS = 500
 DPI = 100
@@ -119,6 +121,19 @@ def pick_samples(manifest: pd.DataFrame, seed: int, k: int = 9) -> np.ndarray:
     """
     valid = np.flatnonzero(manifest.valid.to_numpy(bool))
     return np.random.default_rng(seed).choice(valid, size=min(k, len(valid)), replace=False)
+
+
+def first_source_image(store: XrayStore) -> str | None:
+    """The source file of the store's first valid image (None if none is valid).
+
+    Examples
+    --------
+    >>> first_source_image(xraybatch.open("xray.zarr"))  # doctest: +SKIP
+    '/data/chest_xray/test/NORMAL/IM-0001-0001.jpeg'
+    """
+    manifest = store.manifest
+    valid = manifest.index[manifest.valid.to_numpy(bool)]
+    return os.path.join(store.attrs["source"], manifest.path[valid[0]]) if len(valid) else None
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -323,6 +338,7 @@ def plot_inspect(image_path: str | os.PathLike, out: str | os.PathLike, *,
 
 def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *,
                  seed: int = 0, overwrite: bool = False,
+                 inspect: str | os.PathLike | None = None,
                  storage_options: dict | None = None) -> ReportResult:
     """Write the figures, ``manifest.csv`` and an ``index.html`` showing them with the tables.
 
@@ -335,6 +351,9 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
         (which replaces the report's own files and leaves any other file alone).
     seed
         Chooses the images of the sample grid.
+    inspect
+        A source image file to show as the tutorial does, beside its histogram
+        (:func:`plot_inspect`), in ``one_image.png``.
     storage_options
         fsspec options for a store given by URL.
 
@@ -369,9 +388,13 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=DPI)
         files.append(out / name)
+    if inspect is not None:
+        files.append(plot_inspect(inspect, out / ONE_IMAGE, overwrite=True,
+                                  storage_options=storage_options))
     manifest.to_csv(out / "manifest.csv", index_label="sample")
     index = out / "index.html"
-    index.write_text(_html(ds, stats, manifest, seed), encoding="utf-8")  # last: the report
+    index.write_text(_html(ds, stats, manifest, seed, inspect),
+                     encoding="utf-8")  # last: the report
     return ReportResult(index, [*files, out / "manifest.csv", index], len(manifest),
                         int((~manifest.valid).sum()), int((manifest.qc_flags != "").sum()))
 
@@ -449,13 +472,14 @@ def _h2(key: str) -> str:
     return f'<h2 id="{key}">{_SECTIONS[key]}</h2>'
 
 
-def _figure_html(name: str) -> str:
-    caption = html.escape(FIGURES[name])
+def _figure_html(name: str, caption: str | None = None) -> str:
+    caption = html.escape(caption or FIGURES[name])
     return (f'<figure><img src="{name}" alt="{caption}">'
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: int) -> str:
+def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: int,
+          inspect: str | os.PathLike | None = None) -> str:
     attrs = ds.attrs
     failed = manifest.loc[~manifest.valid.to_numpy(bool), ["path", "status", "message"]]
     skipped = pd.DataFrame(attrs.get("skipped", []), columns=["path", "reason"])
@@ -478,6 +502,9 @@ def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: in
     skipped_note = (f'<p class="note">{n_skipped} files in all; the store lists the first '
                     f"{len(skipped)}.</p>" if n_skipped > len(skipped) else "")
     title = html.escape(f"xraybatch report: {ds.ref.url}")
+    one_image = "" if inspect is None else _figure_html(
+        ONE_IMAGE, f"One source image as read (8-bit grayscale, full size) and its 256-bin "
+                   f"histogram: {inspect}")
     parts = [
         f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{title}</title><style>{_CSS}</style></head><body>",
@@ -496,7 +523,8 @@ def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: in
         "<h3>All images</h3>", _table(stats_table({"all": stats["global"]})),
         "<h3>Per class</h3>", _table(stats_table(stats["per_class"])),
         "<h3>Per split and class</h3>", _table(stats_table(per_split)),
-        _h2("images"), _figure_html("samples.png"), _figure_html("mean_images.png"),
+        _h2("images"), _figure_html("samples.png"), one_image,
+        _figure_html("mean_images.png"),
         _h2("spread"), _figure_html("intensity_spread.png"),
         _h2("qc"), _qc_tables(manifest),
         _h2("failed"), _capped(failed, "failed files"),

@@ -31,6 +31,7 @@ without ``complete: true`` is from an interrupted run.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import fcntl
 import json
@@ -46,7 +47,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
+from zarr import AsyncArray, AsyncGroup
 from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
 from zarr.errors import ZarrUserWarning
 
 from . import __version__, qc
@@ -63,6 +66,8 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
 }
 #: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
 FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
+#: Compressors of the ``images`` array: none (see :func:`create`).
+IMAGES_COMPRESSORS = None
 LOCK_NAME = ".xraybatch.lock"
 
 
@@ -217,38 +222,51 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     # marked as an incomplete xraybatch store (one write): --resume may then redo a creation
     # that was interrupted, and never mistakes another tool's store for one.
     group = ref.open("a", attributes={"xraybatch_version": __version__, "complete": False})
-    # Zstd level 1: X-ray pixels compress ~1.13x at level 1 and ~1.2x at level 3, which
-    # costs 2.4x the CPU (benchmarks/README.md, "compressor").
+    # Zstd level 1 for everything but the pixels: X-ray pixels with film grain shrink only
+    # ~1.10x for ~10 ms of CPU per 64-image chunk, a tenth of a chunk task's budget; the
+    # per-image arrays (hist, strings, flags) shrink several-fold for next to nothing
+    # (benchmarks/README.md, "compressor").
     common = dict(compressors=ZstdCodec(level=compression_level))
-    group.create_array("images", shape=(n, size, size), dtype="uint8", chunks=(chunk, size, size),
-                       fill_value=0, dimension_names=("sample", "y", "x"), **common)
-    group.create_array("hist", shape=(n, 256), dtype="int32", chunks=(chunk, 256), fill_value=0,
-                       dimension_names=("sample", "bin"), **common)
-    for name, (dtype, fill) in {**{k: (v, None) for k, v in _SCAN_ARRAYS.items()},
-                                **RECORD_ARRAYS}.items():
-        rows = scan_chunk(chunk) if name in _SCAN_ARRAYS else chunk
-        group.create_array(name, shape=(n,), dtype=dtype, chunks=(rows,), fill_value=fill,
-                           dimension_names=("sample",), **common)
-    group.create_array("chunk_done", shape=(n_chunks(n, chunk),), dtype="bool", chunks=(1,),
-                       fill_value=False, dimension_names=("chunk",))
-    group["labels"][:] = manifest.label.to_numpy(np.int16)
-    group["labels"].attrs.update(flag_values=list(range(len(classes))),
-                                 flag_meanings=" ".join(c.replace(" ", "_") for c in classes))
-    group["split"][:] = manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8)
-    group["split"].attrs.update(flag_values=list(range(len(splits))),
-                                flag_meanings=" ".join(splits))
-    group["path"][:] = manifest.path.to_numpy(dtype=object)
-    group["file_bytes"][:] = manifest.bytes.to_numpy(np.int64)
-    patients = manifest["patient_id"] if "patient_id" in manifest else pd.Series(
-        "", index=manifest.index)
-    group["patient_id"][:] = patients.to_numpy(dtype=object)
+    arrays = {
+        "images": dict(shape=(n, size, size), dtype="uint8", chunks=(chunk, size, size),
+                       fill_value=0, dimension_names=("sample", "y", "x"),
+                       compressors=IMAGES_COMPRESSORS),
+        "hist": dict(shape=(n, 256), dtype="int32", chunks=(chunk, 256), fill_value=0,
+                     dimension_names=("sample", "bin"), **common),
+        # Arrays written once, at creation, need not follow the task chunks (scan_chunk).
+        **{name: dict(shape=(n,), dtype=dtype, fill_value=fill, dimension_names=("sample",),
+                      chunks=(scan_chunk(chunk) if name in _SCAN_ARRAYS else chunk,), **common)
+           for name, (dtype, fill) in {**{k: (v, None) for k, v in _SCAN_ARRAYS.items()},
+                                       **RECORD_ARRAYS}.items()},
+        "chunk_done": dict(shape=(n_chunks(n, chunk),), dtype="bool", chunks=(1,),
+                           fill_value=False, dimension_names=("chunk",)),
+    }
+    arrays["labels"]["attributes"] = dict(
+        flag_values=list(range(len(classes))),
+        flag_meanings=" ".join(c.replace(" ", "_") for c in classes))
+    arrays["split"]["attributes"] = dict(flag_values=list(range(len(splits))),
+                                         flag_meanings=" ".join(splits))
+    scanned = {
+        "labels": manifest.label.to_numpy(np.int16),
+        "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
+        "path": manifest.path.to_numpy(dtype=object),
+        "file_bytes": manifest.bytes.to_numpy(np.int64),
+        "patient_id": (manifest["patient_id"] if "patient_id" in manifest
+                       else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
+    }
     if findings is not None:
-        _create_findings(group, findings, chunk, common)
+        _findings_arrays(arrays, scanned, findings, chunk, common)
+    sync(_create_arrays(group._async_group, arrays, scanned))
+    if findings is not None:
+        group.attrs["label_kind"] = "multi"
     group.attrs.update({
         **attrs, "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
+    # Chunk tasks then open every array from the root zarr.json alone (no read per array).
+    # The arrays' metadata never changes after this; mark_complete consolidates again.
+    _consolidate(group)
     return group
 
 
@@ -266,19 +284,47 @@ def scan_chunk(chunk: int) -> int:
     return chunk * max(1, 65536 // chunk)
 
 
-def _create_findings(group: zarr.Group, findings: pd.DataFrame, chunk: int,
-                     common: dict[str, Any]) -> None:
+def _findings_arrays(arrays: dict[str, dict[str, Any]], data: dict[str, np.ndarray],
+                     findings: pd.DataFrame, chunk: int, common: dict[str, Any]) -> None:
+    """Add the multi-label arrays (``findings`` and its ``finding`` coordinate) to create."""
     names = [str(c) for c in findings.columns]
-    array = group.create_array("findings", shape=findings.shape, dtype="int8",
-                               chunks=(scan_chunk(chunk), len(names)), fill_value=-2,
-                               dimension_names=("sample", "finding"), **common)
-    array[:] = findings.to_numpy(np.int8)
-    array.attrs.update(flag_values=list(FINDING_FLAGS),
-                       flag_meanings=" ".join(FINDING_FLAGS.values()), findings=names)
+    arrays["findings"] = dict(
+        shape=findings.shape, dtype="int8", chunks=(scan_chunk(chunk), len(names)),
+        fill_value=-2, dimension_names=("sample", "finding"), **common,
+        attributes=dict(flag_values=list(FINDING_FLAGS),
+                        flag_meanings=" ".join(FINDING_FLAGS.values()), findings=names))
     # A 1-D array named like the dimension: xarray reads it as the finding coordinate.
-    group.create_array("finding", shape=(len(names),), dtype=str, chunks=(len(names),),
-                       dimension_names=("finding",))[:] = np.array(names, dtype=object)
-    group.attrs["label_kind"] = "multi"
+    arrays["finding"] = dict(shape=(len(names),), dtype=str, chunks=(len(names),),
+                             dimension_names=("finding",))
+    data["findings"] = findings.to_numpy(np.int8)
+    data["finding"] = np.array(names, dtype=object)
+
+
+async def _create_arrays(group: AsyncGroup, arrays: dict[str, dict[str, Any]],
+                         data: dict[str, np.ndarray]) -> None:
+    """Create the arrays, then write the scan's columns, all concurrently (one loop trip)."""
+    created = dict(zip(arrays, await asyncio.gather(
+        *(group.create_array(name, **kw) for name, kw in arrays.items())), strict=True))
+    await asyncio.gather(*(_whole_chunks(created[name]).setitem(slice(None), values)
+                           for name, values in data.items()))
+
+
+def _whole_chunks(array: AsyncArray) -> AsyncArray:
+    """The array without zarr's test for all-fill chunks before each write.
+
+    The test costs more than compressing the chunk (benchmarks/README.md, "write"); an
+    all-fill chunk written anyway reads back the same.
+    """
+    return array.with_config({"write_empty_chunks": True})
+
+
+def _consolidate(group: zarr.Group) -> None:
+    # Consolidated metadata also lets xarray open the store with one read, without a
+    # warning. zarr-python warns that it is not in the v3 spec yet (and about the lock
+    # file): known.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
 
 
 def _is_empty(ref: StoreRef) -> bool:
@@ -294,31 +340,56 @@ def record_arrays(records: list) -> dict[str, np.ndarray]:
             for name, (dtype, _) in RECORD_ARRAYS.items()}
 
 
+_OPENED: dict[tuple, zarr.Group] = {}
+
+
+def open_for_chunks(ref: StoreRef) -> zarr.Group:
+    """The root group for chunk tasks, reused while the store's root metadata is the same.
+
+    Opening parses the consolidated metadata of every array (~4 ms, a fifth of a chunk's
+    write), so each process keeps the group it opened last. A local store's root
+    ``zarr.json`` is rewritten whenever the store is created or its attributes change,
+    which changes the key; remote stores are opened every time.
+    """
+    if not ref.is_local:
+        return ref.open("r+")
+    meta = os.stat(os.path.join(ref.local_path, "zarr.json"))
+    key = (os.path.abspath(ref.local_path), meta.st_ino, meta.st_mtime_ns, meta.st_size)
+    group = _OPENED.get(key)
+    if group is None:
+        group = ref.open("r+")
+        _OPENED.clear()
+        _OPENED[key] = group
+    return group
+
+
 def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
                 hist: np.ndarray, records: dict[str, np.ndarray]) -> None:
     """Write one chunk's region of every per-image array, then mark the chunk done.
 
     Writing whole chunks only makes the write idempotent: a retried or resumed task
-    rewrites the same bytes, and concurrent tasks never share a chunk.
+    rewrites the same bytes, and concurrent tasks never share a chunk. All the arrays are
+    written concurrently in one trip through zarr's event loop: one by one, the ~13 small
+    writes of a chunk cost more than its pixels (benchmarks/README.md, "write").
     """
-    stop = start + len(images)
-    arrays = {"images": images, "hist": hist, **{n: records[n] for n in RECORD_ARRAYS}}
-    for name, values in arrays.items():
-        # zarr's test for an all-fill chunk (skipped with write_empty_chunks) costs more
-        # than compressing it (benchmarks/README.md, "write").
-        group[name].with_config({"write_empty_chunks": True})[start:stop] = values
-    group["chunk_done"][index] = True
+    values = {"images": images, "hist": hist, **{n: records[n] for n in RECORD_ARRAYS}}
+    sync(_write_chunk(group._async_group, index, slice(start, start + len(images)), values))
+
+
+async def _write_chunk(group: AsyncGroup, index: int, region: slice,
+                       values: dict[str, np.ndarray]) -> None:
+    arrays = await asyncio.gather(*(group.getitem(name) for name in values))
+    await asyncio.gather(*(_whole_chunks(a).setitem(region, v)
+                           for a, v in zip(arrays, values.values(), strict=True)))
+    done = await group.getitem("chunk_done")
+    await done.setitem(index, True)  # only once every array of the chunk is written
 
 
 def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
     """Written last: from now on the store reads as complete."""
     group.attrs.update({"summary": summary, "complete": True,
                         "completed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
-    # Consolidated metadata lets xarray open the store with one read and without a warning.
-    # zarr-python warns that it is not in the v3 spec yet (and about the lock file): known.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ZarrUserWarning)
-        zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
+    _consolidate(group)
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
