@@ -8,7 +8,7 @@ twice (retry, resume, a worker lost) is written with the same bytes.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import itertools
 import os
 import socket
@@ -26,6 +26,7 @@ import dask.threaded
 import numpy as np
 import pandas as pd
 import zarr
+from dask.delayed import Delayed
 
 from . import decode, qc, store
 from .options import DEFAULT_CHUNK, DEFAULT_INTERPOLATION, INTERPOLATION_CHOICES
@@ -155,12 +156,19 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
                          **params)
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
-        key = f"xraybatch-chunk-{rank:06d}-{index}-{dask.base.tokenize(spec)}"
-        # The spec is bound in a partial: passed as an argument, dask would walk its 64
-        # paths looking for collections (3 ms per task, seconds on large folders).
-        task = dask.delayed(functools.partial(run_chunk, spec), name=key, pure=True)
-        tasks.append(task(dask_key_name=key))
+        key = f"xraybatch-chunk-{rank:06d}-{index}-{_token(spec)}"
+        # A one-task graph: passed to dask.delayed, the spec's 64 paths would be walked
+        # looking for collections (benchmarks/README.md, "Scale": a million-image plan).
+        tasks.append(Delayed(key, {key: (run_chunk, spec)}))
     return tasks
+
+
+def _token(spec: ChunkTask) -> str:
+    """A hash of the whole spec (store, options, files, parameters), in one go: dask's
+    ``tokenize`` normalises each path and the store reference by pickling (0.3 ms per task,
+    seconds for a million images). The spec holds only strings, numbers and flat dicts, so
+    its ``repr`` is deterministic."""
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:32]
 
 
 def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
