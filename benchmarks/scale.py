@@ -140,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=1_000_000,
                    help="table rows for the plan and graph (default: 1,000,000)")
     p.add_argument("--quick", action="store_true", help="smoke test: 500,5000 / 100,000 rows")
+    p.add_argument("--plan-only", action="store_true", help="only the table plan and graph")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(*args.child)))
         return 0
     sizes = [500, 5000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    sizes = [] if args.plan_only else sizes
     rows = 100_000 if args.quick else args.rows
     repeat = 1 if args.quick else args.repeat
     work = Path(args.out or tempfile.mkdtemp(prefix="xraybatch-scale-"))
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.out:
             shutil.rmtree(work, ignore_errors=True)
     (Path(args.out or ".") / "scale.json").write_text(json.dumps(results, indent=1))
-    print(markdown(results))
+    print(markdown(results) if sizes else f"Machine: {results['machine']}.\n\n{plan_line(results)}")
     return 0
 
 
@@ -192,12 +194,15 @@ def markdown(results: dict) -> str:
         m_lo, m_hi = med(lo, "peak_rss") / 2**20, med(hi, "peak_rss") / 2**20
         lines.append(f"| {step} | {t_lo:.3f} | {t_hi:.3f} | {t_hi / t_lo:.2f} | {m_lo:.0f} MB "
                      f"| {m_hi:.0f} MB | {m_hi - m_lo:+.0f} MB |")
+    return "\n".join([*lines, "", plan_line(results)])
+
+
+def plan_line(results: dict) -> str:
     plan = results["plan"]
-    lines += ["", f"Plan and graph for a {results['rows']:,}-row table (NIH layout): "
-              f"{plan['seconds']:.1f} s (table read and mapped {plan['scan_s']:.1f} s, store "
-              f"layout {plan['store_s']:.1f} s, {plan['tasks']:,} chunk tasks), peak RSS "
-              f"{plan['peak_rss'] / 2**20:.0f} MB."]
-    return "\n".join(lines)
+    return (f"Plan and graph for a {results['rows']:,}-row table (NIH layout): "
+            f"{plan['seconds']:.1f} s (table read and mapped {plan['scan_s']:.1f} s, store "
+            f"layout {plan['store_s']:.1f} s, {plan['tasks']:,} chunk tasks), peak RSS "
+            f"{plan['peak_rss'] / 2**20:.0f} MB.")
 
 
 if __name__ == "__main__":
