@@ -171,3 +171,10 @@ def test_streamed_listing_matches_os_walk(synth_copy: Path) -> None:
                 for p in synth_copy.rglob("*") if p.is_file() and "__MACOSX" not in p.parts
                 and "loop" not in p.parts}
     assert got == expected
+
+
+def test_no_file_found_all_rows_kept_as_missing(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("path,label\na.png,x\nsub/b.png,y\n")
+    s = scan(None, files=tmp_path / "t.csv", columns=tables.columns_for(None, label="label"))
+    assert s.manifest[["path", "bytes"]].values.tolist() == [["a.png", -1], ["sub/b.png", -1]]
+    assert s.skipped.empty

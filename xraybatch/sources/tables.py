@@ -205,7 +205,8 @@ def scan_table(table: str, root: str | None = None, columns: Columns | None = No
     frame = read_table(table, columns, storage_options)
     if frame.empty:
         raise TableError(f"table {table} has no rows")
-    paths = _resolve(frame[columns.path].str.strip(), root, storage_options, progress)
+    own = frozenset({table.rsplit("/", 1)[-1]})  # the table is not one of its images
+    paths = _resolve(frame[columns.path].str.strip(), root, storage_options, progress, own)
     bad = np.full(len(frame), "", dtype=object)  # numpy: a million rows stay cheap
     bad[paths.isna().to_numpy()] = "outside_root"
     split = _splits(frame, columns, paths.fillna(""))
@@ -259,7 +260,7 @@ def _ordered(root: str, manifest: pd.DataFrame, classes: list[str], skipped: pd.
 
 
 def _resolve(paths: pd.Series, root: str, storage_options: dict | None,
-             progress: bool) -> pd.Series:
+             progress: bool, skip: frozenset[str] = frozenset()) -> pd.Series:
     """Each table path as a path relative to ``root`` (NaN: outside it); sizes in attrs.
 
     A path not found as written is tried without a leading folder named as the root (CheXpert
@@ -268,7 +269,7 @@ def _resolve(paths: pd.Series, root: str, storage_options: dict | None,
     ``images_NNN/images/``). Files still not found keep their path and size -1. Vectorised:
     a million rows take a few seconds.
     """
-    sizes = dict(listing.walk(root, storage_options, progress=progress))
+    sizes = dict(listing.walk(root, storage_options, skip=skip, progress=progress))
     base = root.rstrip("/")
     rel = paths.str.removeprefix("./")
     absolute = rel.str.startswith("/") | rel.str.contains("://", regex=False)
@@ -291,8 +292,8 @@ def _resolve(paths: pd.Series, root: str, storage_options: dict | None,
             hit = other.index[found >= 0]
             rel[hit] = other[hit]
             where[rel.index.get_indexer(hit)] = found[found >= 0]
-    rel.attrs["sizes"] = np.where(where >= 0, np.fromiter(sizes.values(), np.int64,
-                                                           len(sizes))[where], -1)
+    # -1 (not found) picks the appended -1.
+    rel.attrs["sizes"] = np.append(np.fromiter(sizes.values(), np.int64, len(sizes)), -1)[where]
     return rel
 
 
