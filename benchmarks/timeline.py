@@ -31,7 +31,7 @@ ingest_mod = importlib.import_module("xraybatch.ingest")
 
 #: Per-image stages, as the functions of ``xraybatch.decode`` that ``decode.load`` calls.
 STAGES = {"read": "read_bytes", "hash": "content_hash", "header": "read_header",
-          "decode": "decode_gray", "resize": "resize", "hist": "histogram"}
+          "decode": "decode_pixels", "resize": "fit_image", "hist": "histogram"}
 #: Phases of ``ingest``, as the functions it calls (module, attribute).
 PHASES = {"scan": (ingest_mod, "scan"), "create": (store, "create"),
           "plan": (ingest_mod, "build_tasks"), "tasks": (ingest_mod, "compute"),

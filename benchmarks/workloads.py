@@ -452,7 +452,8 @@ def _write_time(paths, size, interpolation, mode, chunk, tmp) -> float:
         import pandas as pd
 
         ref = store.StoreRef(os.path.join(root, "p.zarr"))
-        manifest = pd.DataFrame({"path": paths, "split": "train", "label": 0, "bytes": 0})
+        manifest = pd.DataFrame({"path": paths, "split": "train", "label": 0, "bytes": 0,
+                                 "patient_id": ""})
         store.create(ref, manifest, size=size, chunk=chunk, classes=["x"], splits=["train"],
                      attrs={})
         total = 0.0

@@ -148,8 +148,9 @@ def jpeg_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
                                 [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_PROGRESSIVE,
                                  int(prog)]))
         paths.append(path)
-    png = root / "deep.png"
-    png.write_bytes(encode(".png", textured(300, 280, 1, seed=9, dtype=np.uint16)))
+    # 8-bit PNG; 16-bit images are windowed, not cut by >> 8 (tests/test_render.py).
+    png = root / "gray.png"
+    png.write_bytes(encode(".png", textured(300, 280, 1, seed=9)))
     return [*paths, png]
 
 

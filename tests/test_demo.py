@@ -26,7 +26,6 @@ class ImageSources(HTMLParser):
 
 
 def test_demo_ends_on_the_report(capsys, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     root = tmp_path / "demo"
     assert main(["demo", str(root), "--n", str(N)]) == 0
     out, err = capsys.readouterr()

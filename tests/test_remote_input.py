@@ -32,7 +32,7 @@ def _upload(local: Path, url: str, options: dict) -> None:
 def _same_arrays(a, b) -> None:
     assert sorted(a.array_keys()) == sorted(b.array_keys())
     for name in a.array_keys():
-        assert np.array_equal(a[name][:], b[name][:]), name
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)  # NaN == NaN
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def test_resume_rewrites_unfinished_chunks_and_skips_done_ones(synth_small, refe
     group_images[5 * CHUNK:6 * CHUNK] = reference["images"][5 * CHUNK:6 * CHUNK]
     assert np.array_equal(group_images, reference["images"][:])  # chunk 2 rewritten
     for name in set(group.array_keys()) - {"images"}:
-        assert np.array_equal(group[name][:], reference[name][:]), name
+        np.testing.assert_array_equal(group[name][:], reference[name][:], err_msg=name)
     assert group.attrs["complete"]
 
 

@@ -21,8 +21,10 @@ from .options import (
     DECODE_MODES,
     DEFAULT_CHUNK,
     DEFAULT_INTERPOLATION,
+    FITS,
     INTERPOLATION_CHOICES,
     MAX_PIXELS,
+    WINDOWS,
 )
 from .sources import TABLE_PRESETS
 
@@ -39,6 +41,8 @@ xraybatch ingest /shared/xray /shared/xray.zarr --scheduler tcp://10.0.0.5:8786
 xraybatch ingest chest_xray s3://bucket/xray.zarr   # needs: pip install 'xraybatch[s3]'
 xraybatch ingest chest_xray s3://bucket/xray.zarr --storage-option endpoint_url=http://minio:9000
 xraybatch ingest chest_xray xray.zarr --resume      # after an interruption
+xraybatch ingest dicom_cxr dicom.zarr --window percentile --fit pad  # needs xraybatch[dicom]
+xraybatch ingest data/ out.zarr --patient-id '^(P[0-9]+)_'  # patient ids for the leakage check
 xraybatch ingest /data/nih nih.zarr --files /data/nih/Data_Entry_2017.csv --table-preset nih
 xraybatch ingest CheXpert-v1.0-small/train.csv chexpert.zarr --table-preset chexpert
 xraybatch ingest imgs/ out.zarr --files t.parquet --path-column file --labels-column tags
@@ -80,13 +84,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="write a synthetic Kermany-shaped folder of X-ray-like JPEGs",
                        description="Write OUT/{train,val,test}/{NORMAL,PNEUMONIA}/*.jpeg with "
                                    "three classes by file name (NORMAL, bacteria, virus).",
-                       epilog=_examples("xraybatch synth synth_xray --n 500 --seed 1"))
+                       epilog=_examples("xraybatch synth synth_xray --n 500 --seed 1\n"
+                                        "xraybatch synth synth_dicom --n 60 --format dicom"))
     s.add_argument("out", help="folder to create")
     s.add_argument("--n", type=int, default=240, help="number of images (default: 240)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     s.add_argument("--scale", type=float, default=1.0,
                    help="image size factor; 1.0 gives Kermany-like sizes (default: 1.0)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing synthetic folder")
+    s.add_argument("--format", choices=("jpeg", "dicom"), default="jpeg",
+                   help="jpeg: Kermany-like JPEGs; dicom: a DICOM tree (MONOCHROME1/2, 12/16-bit, "
+                        "with and without windows, JPEG-encapsulated and uncompressed, patients "
+                        "across splits; needs xraybatch[dicom]) (default: jpeg)")
+    s.add_argument("--leaked", type=int, default=2,
+                   help="--format dicom: patients planted in more than one split (default: 2)")
 
     i = sub.add_parser("ingest", formatter_class=fmt,
                        help="read, resize and store every image of SRC into the zarr store OUT",
@@ -119,6 +130,15 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     mode.add_argument("--resume", action="store_true",
                       help="finish an interrupted run: write only the missing chunks")
+    i.add_argument("--window", choices=WINDOWS, default="header",
+                   help="DICOM and images deeper than 8 bits: header (the header's window, "
+                        "else min-max), minmax, or percentile (1st-99th) (default: header)")
+    i.add_argument("--fit", choices=FITS, default="stretch",
+                   help="stretch to a square, pad (keep the aspect ratio, black border) or crop "
+                        "the centre (default: stretch)")
+    i.add_argument("--patient-id", metavar="REGEX", default=None,
+                   help="regex with one group (or a group 'patient') giving the patient from "
+                        "the relative path (default: Kermany file names; DICOM PatientID wins)")
     i.add_argument("--strict", action="store_true",
                    help="exit with status 1 if any file could not be stored")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -152,12 +172,15 @@ def _parser() -> argparse.ArgumentParser:
                        description="Print global and per-class pixel statistics of a store.",
                        epilog=_examples("xraybatch stats xray.zarr\n"
                                         "xraybatch stats xray.zarr --by split\n"
-                                        "xraybatch stats xray.zarr --json > stats.json"))
+                                        "xraybatch stats xray.zarr --json > stats.json\n"
+                                        "xraybatch stats xray.zarr --strict  # fails on leakage"))
     t.add_argument("out", help="store written by xraybatch ingest")
     t.add_argument("--by", choices=["class", "split"], default="class",
                    help="rows per class, or per split x class (default: class)")
     t.add_argument("--json", action="store_true", help="print JSON (global, per_class, "
-                                                       "per_split_class, histograms)")
+                                                       "per_split_class, histograms, patients)")
+    t.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if a patient is in more than one split")
     _add_storage_option(t)
 
     n = sub.add_parser("inspect", formatter_class=fmt, help="the tutorial's view of one image",
@@ -322,10 +345,13 @@ def _invocation() -> tuple[str, str]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import synth_dataset
-
+    if args.format == "dicom":
+        from .synth_dicom import synth_dicom as synth_dataset
+    else:
+        from .synth import synth_dataset
+    extra = {"leaked": args.leaked} if args.format == "dicom" else {}
     frame = synth_dataset(args.out, n=args.n, seed=args.seed, scale=args.scale,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, **extra)
     print(f"wrote {len(frame)} images ({frame.bytes.sum() / 1e6:.1f} MB) to {args.out}")
     print(frame.groupby(["split", "kind"]).size().unstack(fill_value=0).to_string())
     return 0
@@ -338,7 +364,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     interpolation=args.interpolation, decode_mode=args.decode, chunk=args.chunk,
                     scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
                     resume=args.resume, progress=not args.quiet, max_pixels=args.max_pixels,
-                    storage_options=dict(args.storage_option), files=args.files,
+                    storage_options=dict(args.storage_option), window=args.window,
+                    fit=args.fit, patient_id=args.patient_id, files=args.files,
                     table_preset=args.table_preset, columns=_columns(args))
     _print_summary(result)
     print(f"next: {_next_commands(args.out)}")
@@ -389,12 +416,18 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=1))
     else:
         _print_stats(stats, args.by)
+    leaked = stats["patients"]["in_several_splits"]
+    if args.strict and leaked["count"]:
+        print(f"xraybatch stats: patient leakage: {leaked['count']} patients in more than one "
+              f"split ({', '.join(leaked['ids'][:20])})", file=sys.stderr)
+        return EXIT_FAILED_FILES
     return 0
 
 
 def _print_stats(stats: dict, by: str) -> None:
     import pandas as pd
 
+    from .patients import describe as describe_patients
     from .stats import table as stats_table
 
     named = {"all": stats["global"]}
@@ -411,6 +444,7 @@ def _print_stats(stats: dict, by: str) -> None:
     ratio = "n/a (no valid image)" if ratio is None else f"{ratio:.2f}"
     print(f"images {stats['images']} (valid {stats['valid']}, failed {stats['failed']}); "
           f"imbalance ratio {ratio}; class weights {weights}")
+    print("\n".join(describe_patients(stats["patients"])))
 
 
 def inspect_image(path: str | os.PathLike, storage_options: dict | None = None) -> dict:

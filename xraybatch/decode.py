@@ -13,15 +13,23 @@ import hashlib
 import math
 import os
 import stat
-import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 
-from . import options
+from . import geometry, readers
+from .geometry import fit as fit_image
 from .options import DECODE_MODES, DEFAULT_INTERPOLATION, MAX_PIXELS
+from .readers import jpeg
+from .readers.base import Header, ImageError, Options, Pixels
 from .sources import remote
+
+__all__ = ["DECODE_MODES", "INTERPOLATIONS", "MAX_PIXELS", "REASONS", "Decoded", "Header",
+           "ImageError", "Record", "content_hash", "dct_scale", "decode_gray", "decode_pixels",
+           "fit_image", "histogram", "interpolation_for", "load", "process", "read_bytes",
+           "read_header", "resize", "sniff_format"]
 
 #: Reason codes for files that are not stored, with what each one means.
 REASONS: dict[str, str] = {
@@ -34,39 +42,13 @@ REASONS: dict[str, str] = {
                   "regular file (a FIFO, a device)",
     "missing": "the file or the target of its symlink does not exist",
     "symlink_loop": "the path is a symbolic link loop",
+    "no_decoder": "DICOM without pydicom, or a transfer syntax without an installed decoder "
+                  "(the message names what to install)",
+    "no_pixels": "a DICOM file without pixel data (a report, a presentation state...)",
+    "multi_frame": "a multi-frame DICOM (only single-frame images are stored)",
 }
 
-INTERPOLATIONS: dict[str, int] = {name: getattr(cv2, f"INTER_{name.upper()}")
-                                  for name in options.INTERPOLATIONS}
-
-_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-            4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
-# JPEG start-of-frame markers (SOF0..SOF15 minus DHT, JPG and DAC); SOF2/6/10/14 are progressive.
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
-_MAGIC = [(b"\x89PNG\r\n\x1a\n", "png"), (b"BM", "bmp"), (b"II*\x00", "tiff"),
-          (b"MM\x00*", "tiff"), (b"P5", "pgm"), (b"P2", "pgm"), (b"P6", "ppm")]
-
-
-class ImageError(Exception):
-    """A file that cannot be stored; ``code`` is one of :data:`REASONS`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Header:
-    """What a file's header declares, read without decoding any pixel."""
-
-    format: str  # jpeg, png, bmp, tiff, webp, pgm, ppm
-    height: int = 0  # as decoded (after Exif orientation); 0 when not parsed here
-    width: int = 0
-    channels: int = 0  # 1 gray, 3 colour, 4 CMYK or RGBA, 0 unknown
-    bitdepth: int = 8
-    progressive: bool = False
+INTERPOLATIONS: dict[str, int] = geometry.INTERPOLATIONS
 
 
 @dataclass(frozen=True)
@@ -78,6 +60,7 @@ class Decoded:
     height: int  # of the source image, as decoded at full size
     width: int
     scale: int  # DCT scale used: 1 full decode, 2/4/8 libjpeg-turbo reduced decode
+    meta: dict[str, Any] = field(default_factory=dict)  # reader facts: Record fields
 
 
 @dataclass(frozen=True)
@@ -86,7 +69,7 @@ class Record:
 
     valid: bool = False
     status: str = ""  # "ok" or a reason code
-    message: str = ""
+    message: str = ""  # why a file failed, or a warning about a stored one
     sha256: str = ""
     orig_height: int = 0
     orig_width: int = 0
@@ -95,6 +78,24 @@ class Record:
     orig_format: str = ""
     decode_scale: int = 0
     nbytes: int = 0  # bytes read from the file
+    damaged: bool = False  # stored, but the decoder would have warned (grey bands)
+    # DICOM header facts ("" or NaN for other sources).
+    dicom_patient_id: str = ""
+    study_uid: str = ""
+    view_position: str = ""
+    sex: str = ""
+    age: str = ""
+    photometric: str = ""
+    bits_stored: int = 0
+    rescale_slope: float = math.nan
+    rescale_intercept: float = math.nan
+    window_center: float = math.nan  # the header's first window
+    window_width: float = math.nan
+    # The window actually applied (images deeper than 8 bits and DICOM; see render.Window).
+    window_used: str = ""
+    voi_center: float = math.nan
+    voi_width: float = math.nan
+    voi_function: str = ""
     mean: float = 0.0  # of the stored image's pixels (set by the chunk task); 0 if invalid
     std: float = 0.0
 
@@ -107,7 +108,7 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     >>> read_bytes("/no/such/file.jpeg")
     Traceback (most recent call last):
     ...
-    xraybatch.decode.ImageError: file not found: /no/such/file.jpeg
+    xraybatch.readers.base.ImageError: file not found: /no/such/file.jpeg
     """
     if "://" in os.fspath(path):  # an fsspec URL: the object store reader
         return remote.read_url(os.fspath(path))
@@ -132,87 +133,16 @@ def content_hash(data: bytes) -> str:
 
 def sniff_format(data: bytes) -> str:
     """Name the image format from its magic bytes (never from the file name)."""
-    if not data:
-        raise ImageError("empty", "zero-byte file")
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    raise ImageError("not_image", f"not a recognised image format (starts with {data[:4]!r})")
-
-
-def _exif_transposed(app1: bytes) -> bool:
-    """True if an Exif APP1 payload's orientation (5-8) makes OpenCV swap height and width."""
-    order = {b"II": "<", b"MM": ">"}.get(app1[6:8])
-    if order is None:
-        return False
-    tiff = app1[6:]
-    try:
-        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
-        (count,) = struct.unpack_from(order + "H", tiff, ifd)
-        for i in range(count):  # IFD0 entries: tag, type, count, value (a SHORT here)
-            tag, _, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
-            if tag == 0x0112:
-                return value in (5, 6, 7, 8)
-    except struct.error:  # a damaged Exif block: OpenCV ignores it too
-        return False
-    return False
-
-
-def _jpeg_header(data: bytes) -> Header:
-    """Walk the JPEG marker segments up to the first start-of-scan."""
-    pos, n = 2, len(data)
-    frame: Header | None = None
-    transposed = False
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            raise ImageError("corrupt", f"JPEG marker expected at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        (length,) = struct.unpack_from(">H", data, pos + 2)
-        if length < 2:
-            raise ImageError("corrupt", f"JPEG segment length {length} at byte {pos}")
-        if marker in _SOF and pos + 10 <= n:
-            bits, height, width, ncomp = struct.unpack_from(">BHHB", data, pos + 4)
-            frame = Header("jpeg", height, width, ncomp, bits, marker in _PROGRESSIVE)
-        elif marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\x00\x00":
-            transposed = _exif_transposed(data[pos + 4:pos + 2 + length])
-        elif marker == 0xDA:  # start of scan: entropy-coded data follows
-            if frame is None:
-                raise ImageError("corrupt", "JPEG has no frame header before its scan data")
-            if frame.height == 0 or frame.width == 0 or frame.channels not in (1, 3, 4):
-                raise ImageError("corrupt", f"JPEG frame header declares "
-                                 f"{frame.width}x{frame.height}x{frame.channels}")
-            if data.rfind(b"\xff\xd9", pos) == -1:
-                raise ImageError("truncated", "JPEG ends before its end-of-image marker")
-            # OpenCV applies the Exif orientation: report the size of what it decodes.
-            return replace(frame, height=frame.width, width=frame.height) if transposed else frame
-        pos += 2 + length
-    raise ImageError("truncated" if frame else "corrupt", "JPEG header ends before scan data")
-
-
-def _png_header(data: bytes) -> Header:
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        raise ImageError("corrupt" if len(data) >= 33 else "truncated", "PNG has no IHDR chunk")
-    width, height, bitdepth, colour = struct.unpack_from(">IIBB", data, 16)
-    if width == 0 or height == 0 or colour not in _PNG_CHANNELS:
-        raise ImageError("corrupt", f"PNG header declares {width}x{height}, colour type {colour}")
-    if data.rfind(b"IEND") == -1:
-        raise ImageError("truncated", "PNG ends before its IEND chunk")
-    return Header("png", height, width, _PNG_CHANNELS[colour], bitdepth)
+    return readers.sniff_format(data)
 
 
 def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
     """Parse the header and refuse files that cannot be decoded safely.
 
-    JPEG and PNG headers are parsed here (size, channels, bit depth, progressive) so that
-    fast decoding can choose its DCT scale and a decompression bomb is refused before any
-    pixel buffer is allocated. Other formats are left to OpenCV (whose own pixel limit applies).
+    JPEG, PNG and DICOM headers are parsed by their readers (size, channels, bit depth,
+    progressive) so that fast decoding can choose its DCT scale and a decompression bomb is
+    refused before any pixel buffer is allocated. Other formats are left to OpenCV (whose own
+    pixel limit applies).
 
     Examples
     --------
@@ -220,13 +150,7 @@ def read_header(data: bytes, max_pixels: int = MAX_PIXELS) -> Header:
     >>> read_header(buf.tobytes())
     Header(format='jpeg', height=140, width=400, channels=1, bitdepth=8, progressive=False)
     """
-    fmt = sniff_format(data)
-    if fmt == "jpeg":
-        header = _jpeg_header(data)
-    elif fmt == "png":
-        header = _png_header(data)
-    else:
-        return Header(fmt)
+    header = readers.reader_for(sniff_format(data)).header(data)
     if header.height * header.width > max_pixels:
         raise ImageError("too_large", f"declares {header.width}x{header.height} pixels, "
                          f"over the limit of {max_pixels:,}")
@@ -247,24 +171,21 @@ def dct_scale(header: Header, size: int) -> int:
     >>> dct_scale(Header("png", 2500, 2900), 256)
     1
     """
-    if header.format != "jpeg":
-        return 1
-    for s in (8, 4, 2):
-        if math.ceil(header.height / s) >= size and math.ceil(header.width / s) >= size:
-            return s
-    return 1
+    return jpeg.dct_scale(header, size) if header.format == "jpeg" else 1
 
 
-def decode_gray(data: bytes, header: Header, scale: int = 1) -> np.ndarray:
+def decode_gray(data: bytes, header: Header, scale: int = 1, window: str = "header",
+                ) -> np.ndarray:
     """Decode to 8-bit grayscale exactly as ``cv2.imread(path, IMREAD_GRAYSCALE)`` would.
 
     Colour inputs are converted by the decoder (JPEG: luma channel; PNG: weighted sum),
-    16-bit inputs are reduced to 8 bits by OpenCV, alpha is dropped.
+    alpha is dropped. Images deeper than 8 bits and DICOM are rendered by ``window`` (see
+    :mod:`xraybatch.render`); ``scale`` > 1 is libjpeg-turbo's reduced decode of a JPEG.
     """
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED[scale])
-    if image is None or image.size == 0:
-        raise ImageError("corrupt", f"{header.format.upper()} data could not be decoded")
-    return image
+    if header.format == "jpeg":
+        return jpeg.decode_at(data, header, scale)
+    return readers.reader_for(header.format).decode(
+        data, header, Options(mode="exact", window=window)).image
 
 
 def interpolation_for(interpolation: str, scale: int, shape: tuple[int, ...],
@@ -292,19 +213,28 @@ def interpolation_for(interpolation: str, scale: int, shape: tuple[int, ...],
     return "linear" if scale > 1 and max(shape[:2]) < 4 * size else "area"
 
 
+def decode_pixels(data: bytes, header: Header, options: Options) -> Pixels:
+    """The display-ready 8-bit pixels of a file whose header was read, by its format's reader
+    (full size, or DCT-reduced in fast mode; not yet fitted to the output size)."""
+    return readers.reader_for(header.format).decode(data, header, options)
+
+
 def resize(image: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:
     """Resize to ``size`` x ``size`` (aspect ratio not kept, as in the tutorial)."""
-    return cv2.resize(image, (size, size), interpolation=INTERPOLATIONS[interpolation])
+    return geometry.stretch(image, size, interpolation)
 
 
 def process(data: bytes, size: int = 256, interpolation: str = DEFAULT_INTERPOLATION,
-            mode: str = "fast", max_pixels: int = MAX_PIXELS) -> Decoded:
+            mode: str = "fast", max_pixels: int = MAX_PIXELS, window: str = "header",
+            fit: str = "stretch") -> Decoded:
     """Bytes of one file -> the stored ``size`` x ``size`` uint8 image and its source facts.
 
     ``mode="exact"`` decodes at full size (bit for bit ``cv2.imread`` + ``cv2.resize``);
-    ``mode="fast"`` lets libjpeg-turbo decode JPEGs at 1/2, 1/4 or 1/8 scale in the DCT
-    domain when the result is still at least ``size`` on both sides, then resizes with the
-    filter :func:`interpolation_for` names (``"auto"``: bilinear after a reduced decode).
+    ``mode="fast"`` lets libjpeg-turbo decode JPEGs (also inside DICOM) at 1/2, 1/4 or 1/8
+    scale in the DCT domain when the result is still at least ``size`` on both sides, then
+    resizes with the filter :func:`interpolation_for` names (``"auto"``: bilinear after a
+    reduced decode). ``window`` renders images deeper than 8 bits and DICOM
+    (:mod:`.render`); ``fit`` is ``stretch``, ``pad`` or ``crop`` (:mod:`.geometry`).
 
     Examples
     --------
@@ -316,18 +246,20 @@ def process(data: bytes, size: int = 256, interpolation: str = DEFAULT_INTERPOLA
     if mode not in DECODE_MODES:
         raise ValueError(f"unknown decode mode {mode!r}; choose from {DECODE_MODES}")
     header = read_header(data, max_pixels)
-    scale = dct_scale(header, size) if mode == "fast" else 1
-    image = decode_gray(data, header, scale)
+    pixels = decode_pixels(data, header, Options(size=size, mode=mode, window=window))
+    image = pixels.image
     if image.size > max_pixels:  # formats whose header is not parsed: checked after decode
         raise ImageError("too_large", f"{image.shape[1]}x{image.shape[0]} pixels, over the "
                          f"limit of {max_pixels:,}")
     height, width = (header.height, header.width) if header.height else image.shape
-    method = interpolation_for(interpolation, scale, image.shape, size)
-    return Decoded(resize(image, size, method), header, height, width, scale)
+    method = interpolation_for(interpolation, pixels.scale, image.shape, size)
+    return Decoded(fit_image(image, size, fit, method), pixels.header, height, width,
+                   pixels.scale, pixels.meta)
 
 
 def load(path: str | os.PathLike, size: int = 256, interpolation: str = DEFAULT_INTERPOLATION,
-         mode: str = "fast", max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray | None, Record]:
+         mode: str = "fast", max_pixels: int = MAX_PIXELS, window: str = "header",
+         fit: str = "stretch") -> tuple[np.ndarray | None, Record]:
     """One file -> its stored image (None if it cannot be used) and its :class:`Record`.
 
     Never raises for a bad file: the reason code goes into the record.
@@ -344,13 +276,15 @@ def load(path: str | os.PathLike, size: int = 256, interpolation: str = DEFAULT_
         return None, Record(status=e.code, message=str(e))
     sha256 = content_hash(data)
     try:
-        result = process(data, size, interpolation, mode, max_pixels)
+        result = process(data, size, interpolation, mode, max_pixels, window, fit)
     except ImageError as e:
         return None, Record(status=e.code, message=str(e), sha256=sha256, nbytes=len(data))
     header = result.header
-    return result.image, Record(True, "ok", "", sha256, result.height, result.width,
-                                header.channels, header.bitdepth, header.format, result.scale,
-                                len(data))
+    facts = dict(valid=True, status="ok", sha256=sha256, orig_height=result.height,
+                 orig_width=result.width, orig_channels=header.channels,
+                 orig_bitdepth=header.bitdepth, orig_format=header.format,
+                 decode_scale=result.scale, nbytes=len(data))
+    return result.image, Record(**facts, **result.meta)
 
 
 def histogram(image: np.ndarray) -> np.ndarray:

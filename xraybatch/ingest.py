@@ -29,7 +29,14 @@ import zarr
 from dask.delayed import Delayed
 
 from . import decode, qc, store
-from .options import DEFAULT_CHUNK, DEFAULT_INTERPOLATION, INTERPOLATION_CHOICES
+from .options import (
+    DEFAULT_CHUNK,
+    DEFAULT_INTERPOLATION,
+    FITS,
+    INTERPOLATION_CHOICES,
+    PAD_VALUE,
+    WINDOWS,
+)
 from .progress import Progress, dask_callback
 from .scan import Scan, scan
 from .sources import listing, remote, tables
@@ -39,7 +46,8 @@ LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 _LOCAL_GET = {"threads": dask.threaded.get, "processes": dask.multiprocessing.get,
               "sync": dask.local.get_sync}
 # Attributes that must match for --resume to continue a run.
-_RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels")
+_RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels",
+                "window", "fit", "patient_id_regex")
 #: Chunk tasks in flight per worker thread on a cluster: enough to keep every thread busy
 #: while results come back, few enough that the scheduler and client hold O(threads) tasks.
 IN_FLIGHT_PER_THREAD = 4
@@ -61,6 +69,8 @@ class ChunkTask:
     interpolation: str
     decode: str
     max_pixels: int
+    window: str = "header"
+    fit: str = "stretch"
     source_options: dict = field(default_factory=dict)  # fsspec options for URL paths
 
 
@@ -106,7 +116,7 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
     records = []
     for i, path in enumerate(task.paths):
         image, record = decode.load(path, task.size, task.interpolation, task.decode,
-                                    task.max_pixels)
+                                    task.max_pixels, task.window, task.fit)
         records.append(record)
         if image is not None:
             images[i] = image
@@ -252,7 +262,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
            chunk: int = DEFAULT_CHUNK, scheduler: Any = "threads", workers: int | None = None,
            overwrite: bool = False, resume: bool = False, progress: bool = False,
            max_pixels: int = decode.MAX_PIXELS, storage_options: dict | None = None,
-           retries: int = 2, files: str | os.PathLike | None = None,
+           retries: int = 2, window: str = "header", fit: str = "stretch",
+           patient_id: str | None = None, files: str | os.PathLike | None = None,
            table_preset: str | None = None, columns: dict[str, Any] | None = None,
            source_options: dict | None = None) -> IngestResult:
     """Read every image under ``src`` into the zarr store ``out``.
@@ -288,6 +299,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         fsspec options for a URL ``out`` (e.g. ``{"endpoint_url": ...}``).
     retries
         Re-runs of a chunk task that raised, on a cluster.
+    window
+        How DICOM and images deeper than 8 bits are windowed to 8 bits: ``"header"`` (the
+        header's VOI, else min-max), ``"minmax"`` or ``"percentile"`` (see
+        :mod:`xraybatch.render`).
+    fit
+        ``"stretch"`` (default), ``"pad"`` or ``"crop"`` (see :mod:`xraybatch.geometry`).
+    patient_id
+        Regex giving each file's patient from its relative path (default: Kermany names).
     files, table_preset, columns
         A table (CSV or Parquet) naming the images, a preset of its columns (``"nih"``,
         ``"chexpert"``) and column mappings (keys of
@@ -318,16 +337,21 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         raise ValueError(f"unknown decode mode {decode_mode!r}: use fast or exact")
     if overwrite and resume:
         raise ValueError("--overwrite and --resume exclude each other")
+    if window not in WINDOWS or fit not in FITS:
+        raise ValueError(f"unknown window {window!r} or fit {fit!r}: use one of "
+                         f"{', '.join(WINDOWS)} and one of {', '.join(FITS)}")
     t0 = time.perf_counter()
     source_options = dict(storage_options or {} if source_options is None else source_options)
     table = files if files is not None else (src if tables.is_table(src) else None)
     spec = tables.columns_for(table_preset, **(columns or {})) if table is not None else None
-    found = scan(None if table == src else src, labels, files=table, columns=spec,
-                 storage_options=source_options, progress=progress)
+    found = scan(None if table == src else src, labels, patient_id, files=table,
+                 columns=spec, storage_options=source_options, progress=progress)
     ref = StoreRef(str(out), storage_options or {})
     scheme = str(labels) if table is None else _table_scheme(table, table_preset, columns)
     attrs = {"source": found.source, "label_scheme": scheme,
              "interpolation": interpolation, "decode": decode_mode, "max_pixels": max_pixels,
+             "window": window, "fit": fit, "pad_value": PAD_VALUE,
+             "patient_id_regex": patient_id or "",
              "n_skipped": len(found.skipped),
              "skipped": found.skipped.head(1000).values.tolist()}
     store.check_target(ref, overwrite, resume)  # before the lock file touches OUT
@@ -343,7 +367,8 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         todo = (list(range(store.n_chunks(len(found.manifest), chunk))) if created
                 else [int(i) for i in np.flatnonzero(~store.done_chunks(group))])
         params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
-                      decode=decode_mode, max_pixels=max_pixels, source_options=source_options)
+                      decode=decode_mode, max_pixels=max_pixels, window=window, fit=fit,
+                      source_options=source_options)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
                             weights=found.manifest.bytes.tolist(), **params)
         threads = cv2.getNumThreads()

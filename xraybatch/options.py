@@ -18,3 +18,11 @@ DECODE_MODES = ("fast", "exact")
 DEFAULT_CHUNK = 64
 #: Default decompression-bomb limit: 8x the largest Kermany image (2900 x 2500).
 MAX_PIXELS = 64_000_000
+#: ``--window``: how DICOM and images deeper than 8 bits are windowed (xraybatch.render).
+WINDOWS = ("header", "minmax", "percentile")
+#: ``--fit``: how an image is fitted into the square output (xraybatch.geometry).
+FITS = ("stretch", "pad", "crop")
+#: Grey value of the border that ``--fit pad`` adds (black: the background of a radiograph).
+PAD_VALUE = 0
+#: Percentiles that ``--window percentile`` maps to 0 and 255.
+PERCENTILES = (1.0, 99.0)

@@ -20,6 +20,7 @@ FLAGS: dict[str, str] = {
     "dark": "very dark image (mean < 20)",
     "bright": "very bright image (mean > 235)",
     "outlier": "mean or std far from its class (robust z-score > 3.5)",
+    "damaged": "stored, but its JPEG entropy data is damaged (grey bands; see the message)",
 }
 _EXTENSIONS = {"jpeg": {".jpg", ".jpeg", ".jpe"}, "png": {".png"}, "bmp": {".bmp"},
                "tiff": {".tif", ".tiff"}, "webp": {".webp"}, "pgm": {".pgm", ".pbm"},
@@ -91,6 +92,8 @@ def add_flags(frame: pd.DataFrame, hist: np.ndarray | None, size: int,
         "dark": valid & (mean < 20),
         "bright": valid & (mean > 235),
         "outlier": _class_outliers(out.label.to_numpy(), mean, std, valid),
+        "damaged": (out.damaged.to_numpy(bool) if "damaged" in out
+                    else np.zeros(len(out), bool)),
     }
     for name, flag in flags.items():
         out[f"qc_{name}"] = flag

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import decode, qc
+from .patients import describe as describe_patients
 from .sources.remote import source_options
 from .stats import table as stats_table
 from .store import StoreError, XrayStore
@@ -463,9 +464,24 @@ def _qc_tables(manifest: pd.DataFrame) -> str:
     return _table(summary) + _capped(files, "quality-control flags")
 
 
-_SECTIONS = {"classes": "Classes", "intensities": "Intensities", "images": "Images",
+_SECTIONS = {"classes": "Classes", "patients": "Patients", "intensities": "Intensities",
+             "images": "Images",
              "spread": "Per-image statistics", "qc": "Quality control",
              "failed": "Failed files", "skipped": "Skipped files"}
+
+
+def _patients_html(summary: dict[str, Any]) -> str:
+    """Patients per split and class, and the patients found in more than one split."""
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in describe_patients(summary))
+    if not summary["images_with_id"]:
+        return lines
+    counts = pd.DataFrame(summary["per_split_class"]).T.assign(all=summary["per_split"])
+    leaked = summary["in_several_splits"]["splits"]
+    table = pd.DataFrame({"patient": list(leaked),
+                          "splits": [", ".join(s) for s in leaked.values()]})
+    return (lines + "<h3>Patients per split and class</h3>" + _table(counts, index=True)
+            + ("<h3>Patients in more than one split</h3>" + _capped(table, "patients")
+               if len(table) else ""))
 
 
 def _h2(key: str) -> str:
@@ -519,6 +535,7 @@ def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: in
         "n_images / (n_classes &times; n_class), for a weighted loss.</p>",
         _table(_counts_table(stats, ds.classes, ds.splits), index=True),
         *(_finding_tables(stats) if "cooccurrence" in stats else []),
+        _h2("patients"), _patients_html(stats["patients"]),
         _h2("intensities"), _figure_html("histograms.png"),
         "<h3>All images</h3>", _table(stats_table({"all": stats["global"]})),
         "<h3>Per class</h3>", _table(stats_table(stats["per_class"])),

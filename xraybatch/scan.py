@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .patients import patient_ids
 from .sources import listing, tables
 from .synth import MARKER
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
-                  ".pgm", ".ppm", ".pbm"}
+                  ".pgm", ".ppm", ".pbm", ".dcm", ".dicom"}
 SPLITS = ("train", "val", "test")
 NO_SPLIT = "none"
 KERMANY3 = ("NORMAL", "BACTERIA", "VIRUS")
@@ -35,10 +36,11 @@ class Scan:
 
     ``manifest`` has one row per image file, in store order, with columns ``path``
     (relative, posix), ``split``, ``class_name``, ``label``, ``bytes`` (-1 when the file
-    cannot be stat'ed; the decoder will give the reason). ``skipped`` lists files that are
-    not images or carry no label, with a ``reason``. ``root`` is a local folder or an fsspec
-    URL. ``findings`` is set for multi-label tables: (N, C) int8, one column per finding
-    (``label`` is then -1; see :mod:`xraybatch.sources.tables`).
+    cannot be stat'ed; the decoder will give the reason), ``patient_id`` ("" if unknown).
+    ``skipped`` lists files that are not images or carry no label, with a ``reason``.
+    ``root`` is a local folder or an fsspec URL. ``findings`` is set for multi-label tables:
+    (N, C) int8, one column per finding (``label`` is then -1; see
+    :mod:`xraybatch.sources.tables`).
     """
 
     root: Path | str
@@ -106,9 +108,22 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, str]:
     return mapping
 
 
-def scan(root: str | os.PathLike | None, labels: str = "folder", *,
-         files: str | os.PathLike | None = None, columns: tables.Columns | None = None,
-         storage_options: dict | None = None, progress: bool = False) -> Scan:
+def _is_dicom(path: Path) -> bool:
+    """An extension-less (or UID-named, ``1.2.840...3``) file with the DICOM preamble."""
+    suffix = path.suffix[1:]
+    if suffix and not suffix.isdigit():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def scan(root: str | os.PathLike | None, labels: str = "folder",
+         patient_id: str | None = None, *, files: str | os.PathLike | None = None,
+         columns: tables.Columns | None = None, storage_options: dict | None = None,
+         progress: bool = False) -> Scan:
     """Scan ``root`` into a manifest.
 
     Parameters
@@ -122,6 +137,10 @@ def scan(root: str | os.PathLike | None, labels: str = "folder", *,
         ``"folder"`` (class = folder name, labels are the sorted names), ``"kermany3"``
         (NORMAL / BACTERIA / VIRUS, PNEUMONIA split by file name) or the path of a CSV file
         mapping relative path -> class. Ignored with ``files``.
+    patient_id
+        Regex searched in each relative path for the column ``patient_id`` (one group or a
+        group named ``patient``); by default Kermany file names give it ("" if unknown).
+        With ``files``, the table's patient column (if mapped) gives it.
     files
         A table (CSV or Parquet, a path or URL) naming the images: see
         :func:`xraybatch.sources.tables.scan_table`; ``columns`` maps its columns.
@@ -147,8 +166,9 @@ def scan(root: str | os.PathLike | None, labels: str = "folder", *,
     if files is None and root is not None and tables.is_table(root):
         files, root = root, None
     if files is not None:
-        return _scan_table(files, root, columns, storage_options, progress)
-    if listing.is_url(root):
+        return _scan_table(files, root, columns, storage_options, progress, patient_id)
+    local = not listing.is_url(root)
+    if not local:
         if not listing.is_dir(str(root), storage_options):
             raise ScanError(f"source folder not found: {root}")
     else:
@@ -168,7 +188,9 @@ def scan(root: str | os.PathLike | None, labels: str = "folder", *,
     for rel, size in entries:
         parts = tuple(rel.split("/"))
         name = parts[-1]
-        if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES or name.startswith("._"):
+        if ((os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES
+             and not (local and _is_dicom(Path(root, rel))))
+                or name.startswith("._")):
             skipped.append((rel, "not_image"))
             continue
         split, inner = _split_of(parts, has_splits)
@@ -197,14 +219,15 @@ def scan(root: str | os.PathLike | None, labels: str = "folder", *,
     order = manifest.split.map({s: i for i, s in enumerate(splits)})
     manifest = (manifest.assign(_o=order).sort_values(["_o", "path"], kind="stable")
                 .drop(columns="_o").reset_index(drop=True))
-    manifest = manifest[["path", "split", "class_name", "label", "bytes"]]
+    manifest["patient_id"] = patient_ids(manifest.path, patient_id)
+    manifest = manifest[["path", "split", "class_name", "label", "bytes", "patient_id"]]
     skipped_df = pd.DataFrame(sorted(skipped), columns=["path", "reason"])
     return Scan(root, manifest, classes, splits, skipped_df)
 
 
 def _scan_table(files: str | os.PathLike, root: str | os.PathLike | None,
                 columns: tables.Columns | None, storage_options: dict | None,
-                progress: bool) -> Scan:
+                progress: bool, patient_id: str | None = None) -> Scan:
     try:
         found = tables.scan_table(os.fspath(files), None if root is None else os.fspath(root),
                                   columns, storage_options, progress)
@@ -213,5 +236,8 @@ def _scan_table(files: str | os.PathLike, root: str | os.PathLike | None,
     if found.manifest.empty:
         raise ScanError(f"no usable rows in {files} ({len(found.skipped)} rows skipped: "
                         f"{found.skipped.reason.value_counts().to_dict()})")
+    if patient_id is not None or not found.manifest.patient_id.astype(bool).any():
+        # No patient column: the file names (or --patient-id REGEX) may still tell.
+        found.manifest["patient_id"] = patient_ids(found.manifest.path, patient_id)
     return Scan(found.root, found.manifest, found.classes, found.splits, found.skipped,
                 found.findings)

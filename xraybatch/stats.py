@@ -14,6 +14,8 @@ import dask
 import numpy as np
 import pandas as pd
 
+from . import patients
+
 QUANTILES = {"p01": 1.0, "median": 50.0, "p99": 99.0}
 
 
@@ -153,7 +155,8 @@ def _per_group(table: np.ndarray, counts: np.ndarray, classes: list[str],
 
 
 def compute(store) -> dict[str, Any]:
-    """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`."""
+    """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`,
+    and its patients (:func:`xraybatch.patients.summarize`)."""
     if store.multilabel:
         return compute_multilabel(store)
     classes, splits = store.classes, store.splits
@@ -172,6 +175,11 @@ def compute(store) -> dict[str, Any]:
         **_per_group(table, counts, classes, splits),
         "class_counts": class_counts,
         **class_balance(class_counts),
+        # Valid images only: a file that was not stored cannot leak.
+        "patients": patients.summarize(store.patient_ids()[valid],
+                                       np.asarray(splits, dtype=object)[split[valid]],
+                                       np.asarray(classes, dtype=object)[labels[valid]],
+                                       splits, classes),
     }
 
 
@@ -263,4 +271,8 @@ def compute_multilabel(store) -> dict[str, Any]:
                          "matrix": sums["cooccurrence"].tolist()},
         "pos_weight": {c: (n_valid - n) / n for c, n in class_counts.items() if n},
         **class_balance(class_counts),
+        # Patients per split and leakage; per class is left out (an image has several).
+        "patients": patients.summarize(store.patient_ids()[valid],
+                                       np.asarray(splits, dtype=object)[store.split[valid]],
+                                       store.class_names()[valid], splits, []),
     }

@@ -10,15 +10,21 @@ without xraybatch)::
     split         (sample,)       int8     index into attrs["splits"]
     valid         (sample,)       bool     false where the file could not be used
     status        (sample,)       str      "ok" or a reason code (xraybatch.decode.REASONS)
-    message       (sample,)       str      the decoder's message for failures, else ""
+    message       (sample,)       str      the decoder's message for failures or warnings
     path          (sample,)       str      source path relative to attrs["source"]
     file_bytes    (sample,)       int64    size of the source file
     sha256        (sample,)       str      content hash of the source file
     orig_height, orig_width, orig_channels, orig_bitdepth (sample,) int32
     orig_format   (sample,)       str      format from the magic bytes (jpeg, png, ...)
     decode_scale  (sample,)       int8     1 full decode, 2/4/8 DCT-reduced decode
+    patient_id    (sample,)       str      patient from the scan (file name, --patient-id, table)
+    damaged       (sample,)       bool     stored, but its JPEG entropy data is damaged
+    dicom_patient_id, study_uid, view_position, sex, age, photometric (sample,) str
+    bits_stored   (sample,)       int32    DICOM header facts ("" / 0 / NaN for other sources)
+    rescale_slope, rescale_intercept, window_center, window_width (sample,) float64
+    window_used, voi_function (sample,) str; voi_center, voi_width (sample,) float64
+                                           the window actually applied (xraybatch.render)
     mean, std     (sample,)       float64  per-image pixel mean and std (0 where invalid)
-    patient_id    (sample,)       str      patient of each image ("" unknown)
     findings      (sample, finding) int8   multi-label stores only: 1 positive, 0 negative,
                                            -1 uncertain, -2 not stated (labels is then -1)
     finding       (finding,)      str      multi-label stores only: the finding names
@@ -62,6 +68,14 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "valid": ("bool", False), "status": (str, ""), "message": (str, ""), "sha256": (str, ""),
     "orig_height": ("int32", 0), "orig_width": ("int32", 0), "orig_channels": ("int32", 0),
     "orig_bitdepth": ("int32", 0), "orig_format": (str, ""), "decode_scale": ("int8", 0),
+    # Damaged-but-decodable JPEG data, DICOM header facts and the window actually applied.
+    "damaged": ("bool", False), "dicom_patient_id": (str, ""), "study_uid": (str, ""),
+    "view_position": (str, ""), "sex": (str, ""), "age": (str, ""), "photometric": (str, ""),
+    "bits_stored": ("int32", 0), "rescale_slope": ("float64", np.nan),
+    "rescale_intercept": ("float64", np.nan), "window_center": ("float64", np.nan),
+    "window_width": ("float64", np.nan), "window_used": (str, ""),
+    "voi_center": ("float64", np.nan), "voi_width": ("float64", np.nan),
+    "voi_function": (str, ""),
     "mean": ("float64", 0.0), "std": ("float64", 0.0),
 }
 #: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
@@ -251,7 +265,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
         "path": manifest.path.to_numpy(dtype=object),
         "file_bytes": manifest.bytes.to_numpy(np.int64),
-        "patient_id": (manifest["patient_id"] if "patient_id" in manifest
+        "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
                        else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
     }
     if findings is not None:
@@ -265,9 +279,8 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
-    # The arrays' metadata never changes after this; mark_complete consolidates again.
-    _consolidate(group)
-    return group
+    # The arrays' metadata never changes after this.
+    return _consolidate(group)
 
 
 def scan_chunk(chunk: int) -> int:
@@ -318,13 +331,14 @@ def _whole_chunks(array: AsyncArray) -> AsyncArray:
     return array.with_config({"write_empty_chunks": True})
 
 
-def _consolidate(group: zarr.Group) -> None:
+def _consolidate(group: zarr.Group) -> zarr.Group:
+    """Write the consolidated metadata; the group that holds it."""
     # Consolidated metadata also lets xarray open the store with one read, without a
     # warning. zarr-python warns that it is not in the v3 spec yet (and about the lock
     # file): known.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ZarrUserWarning)
-        zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
+        return zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
 
 
 def _is_empty(ref: StoreRef) -> bool:
@@ -389,7 +403,8 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
     """Written last: from now on the store reads as complete."""
     group.attrs.update({"summary": summary, "complete": True,
                         "completed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
-    _consolidate(group)
+    if group.metadata.consolidated_metadata is None:  # the group was opened without it
+        _consolidate(group)  # (create() consolidates; the arrays never change afterwards)
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
@@ -672,9 +687,8 @@ class XrayStore:
             "label": g["labels"][:],
             "file_bytes": g["file_bytes"][:],
             **{name: g[name][:] for name in RECORD_ARRAYS if name in g},
+            "patient_id": self.patient_ids(),
         })
-        if "patient_id" in g:
-            frame.insert(5, "patient_id", g["patient_id"][:])
         return qc.add_flags(frame, None, self.size, moments=self._moments())
 
     def _moments(self) -> tuple[np.ndarray, np.ndarray]:
@@ -686,6 +700,17 @@ class XrayStore:
         parts = [qc.image_moments(g["hist"][a:b]) for a, b in chunk_bounds(len(self), self.chunk)]
         return (np.concatenate([m for m, _ in parts]) if parts else np.zeros(0),
                 np.concatenate([s for _, s in parts]) if parts else np.zeros(0))
+
+    def patient_ids(self) -> np.ndarray:
+        """Each image's patient: the DICOM header's PatientID, else the scan's id, else "".
+
+        The header is the hospital's own record; a file name is only a naming convention.
+        """
+        g = self.group
+        n = len(self)
+        scanned = g["patient_id"][:] if "patient_id" in g else np.full(n, "", object)
+        header = g["dicom_patient_id"][:] if "dicom_patient_id" in g else np.full(n, "", object)
+        return np.where(header != "", header, scanned).astype(object)
 
     def stats(self) -> dict[str, Any]:
         """Exact global, per-class and per split x class statistics (see :mod:`.stats`)."""

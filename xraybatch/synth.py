@@ -48,6 +48,8 @@ _RGB_FRACTION = 0.02
 _PROGRESSIVE_FRACTION = 0.03
 _SMALL_FRACTION = 0.02
 _MIN_SIDE = 32
+# Files a synthetic set may hold (JPEG here, DICOM from xraybatch.synth_dicom).
+_OWN_SUFFIXES = (".jpeg", ".jpg", ".dcm")
 _COLUMNS = ("path", "split", "kind", "height", "width", "channels", "progressive", "bytes")
 # Amplitudes (grey-level std) of the noise correlated over 8, 4, 2 and 1 px, calibrated so
 # that file sizes match the real sample's (NORMAL ~0.26 B/px at quality 100, PNEUMONIA
@@ -477,7 +479,7 @@ def _plan(n: int, seed: int, scale: float) -> pd.DataFrame:
 
 def _is_removable(out: Path) -> bool:
     """True if ``out`` was written by :func:`synth_dataset` (it has the marker file) and
-    holds nothing else than train/val/test dirs of class dirs of JPEG files."""
+    holds nothing else than train/val/test dirs of class dirs of JPEG (or DICOM) files."""
     if not (out / MARKER).is_file():
         return False
     for split in out.iterdir():
@@ -489,7 +491,7 @@ def _is_removable(out: Path) -> bool:
             if cls.is_symlink() or not cls.is_dir():
                 return False
             for f in cls.iterdir():
-                if f.is_symlink() or not f.is_file() or f.suffix.lower() not in (".jpeg", ".jpg"):
+                if f.is_symlink() or not f.is_file() or f.suffix.lower() not in _OWN_SUFFIXES:
                     return False
     return True
 

@@ -40,9 +40,9 @@ def read_url(url: str) -> bytes:
     >>> read_url("memory://doc/none.bin")
     Traceback (most recent call last):
     ...
-    xraybatch.decode.ImageError: file not found: memory://doc/none.bin
+    xraybatch.readers.base.ImageError: file not found: memory://doc/none.bin
     """
-    from ..decode import ImageError  # imported here: decode dispatches URLs to this module
+    from ..readers.base import ImageError  # the reason codes are the decoder's
 
     fs, path = remote_fs(url, _OPTIONS.get())
     try:

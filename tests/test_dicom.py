@@ -1,0 +1,248 @@
+"""DICOM input: rendering to the JPEG's own pixels, the JPEG-baseline fast path, metadata,
+and a reason code for every kind of bad DICOM while the batch goes on."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+import zarr
+
+import xraybatch
+from xraybatch import decode
+from xraybatch.synth import synth_image
+from xraybatch.synth_dicom import to_dicom
+
+SIZE = 128
+REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+           4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes() -> bytes:
+    """A baseline JPEG big enough for a DCT-reduced fast decode at SIZE (600 / 4 >= 128)."""
+    image = synth_image(np.random.default_rng(4), 700, 600, "BACTERIA")
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def _exact_pixels(jpeg: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+def _with(data: bytes, **changes) -> bytes:
+    """A DICOM file with some elements changed (None deletes one)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _ingest(src: Path, out: Path, **kwargs) -> tuple[np.ndarray, object]:
+    xraybatch.ingest(src, out, size=SIZE, scheduler="sync", **kwargs)
+    ds = xraybatch.open(str(out))
+    return zarr.open_group(str(out), mode="r")["images"][:], ds.manifest.set_index("path")
+
+
+def test_12bit_monochrome1_and_2_ingest_to_the_jpeg_pixels(jpeg_bytes, tmp_path) -> None:
+    p = _exact_pixels(jpeg_bytes).astype(np.uint16)
+    stored = 16 * p + 8
+    meta = dict(bits_stored=12, intercept=-1024.0, window=(1024.0, 4096.0, "LINEAR"),
+                patient_id="P7", sex="F", age="061Y", view_position="AP",
+                study_uid="1.2.3.4")
+    src = tmp_path / "src" / "A"
+    src.mkdir(parents=True)
+    (src / "a.jpeg").write_bytes(jpeg_bytes)
+    (src / "m2.dcm").write_bytes(to_dicom(stored, photometric="MONOCHROME2", **meta))
+    (src / "m1.dcm").write_bytes(to_dicom(4095 - stored, photometric="MONOCHROME1", **meta))
+    images, manifest = _ingest(tmp_path / "src", tmp_path / "x.zarr", decode_mode="exact")
+    row = {name: manifest.index.get_loc(f"A/{name}") for name in ("a.jpeg", "m2.dcm", "m1.dcm")}
+    jpeg_image = images[row["a.jpeg"]].astype(int)
+    assert np.abs(images[row["m2.dcm"]].astype(int) - jpeg_image).max() <= 1
+    np.testing.assert_array_equal(images[row["m1.dcm"]], images[row["m2.dcm"]])
+    # 16 p + 8 - 1024 in a window of (1024, 4096): y = (16 p + 8) * 255 / 4095 rounds to p.
+    full = decode.process((src / "m1.dcm").read_bytes(), SIZE, mode="exact")
+    assert full.image.shape == (SIZE, SIZE)
+    facts = manifest.loc["A/m1.dcm"]
+    assert (facts.photometric, facts.bits_stored, facts.window_center, facts.window_width,
+            facts.window_used, facts.voi_function, facts.rescale_intercept) == (
+        "MONOCHROME1", 12, 1024.0, 4096.0, "header", "LINEAR", -1024.0)
+    assert (facts.patient_id, facts.dicom_patient_id, facts.sex, facts.age, facts.view_position,
+            facts.study_uid, facts.orig_format) == ("P7", "P7", "F", "061Y", "AP", "1.2.3.4",
+                                                    "dicom")
+    assert manifest.loc["A/a.jpeg"].photometric == ""  # empty where a source has none
+
+
+def test_full_size_render_is_the_jpeg_pixels_exactly(jpeg_bytes) -> None:
+    """Per pixel (no resize): (16 p + 8) * 255 / 4095 = p - 15 p / 4095 + 0.498 rounds to p."""
+    p = _exact_pixels(jpeg_bytes)
+    data = to_dicom(16 * p.astype(np.uint16) + 8, bits_stored=12, intercept=-1024.0,
+                    window=(1024.0, 4096.0, "LINEAR"))
+    image = decode.decode_gray(data, decode.read_header(data))
+    np.testing.assert_array_equal(image, p)
+
+
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_jpeg_encapsulated_dicom_gives_the_jpeg_file_pixels(jpeg_bytes, mode) -> None:
+    dicom = to_dicom(jpeg=jpeg_bytes)
+    from_dicom = decode.process(dicom, SIZE, "area", mode)
+    from_jpeg = decode.process(jpeg_bytes, SIZE, "area", mode)
+    scale = 4 if mode == "fast" else 1
+    reference = cv2.resize(cv2.imdecode(np.frombuffer(jpeg_bytes, np.uint8), REDUCED[scale]),
+                           (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(from_dicom.image, reference)
+    np.testing.assert_array_equal(from_jpeg.image, reference)
+    assert from_dicom.scale == from_jpeg.scale == scale
+    assert from_dicom.meta["window_used"] == "identity"
+
+
+def test_real_jpegs_inside_dicom_are_the_same_pixels(real_sample) -> None:
+    files = sorted(real_sample.rglob("*.jpeg"))[::25]
+    for path in files:
+        data = path.read_bytes()
+        header = decode.read_header(data)
+        if header.progressive or header.channels != 1:  # DICOM .50 is baseline gray or YBR
+            continue
+        for mode in ("fast", "exact"):
+            ours = decode.process(to_dicom(jpeg=data), 256, mode=mode)
+            np.testing.assert_array_equal(ours.image, decode.process(data, 256, mode=mode).image,
+                                          err_msg=str(path))
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.JPEG2000Lossless, pydicom.uid.RLELossless])
+def test_compressed_syntaxes_decode_through_pydicom(syntax) -> None:
+    stored = (np.arange(90 * 70).reshape(90, 70) * 7 % 4096).astype(np.uint16)
+    native = to_dicom(stored, bits_stored=12, window=(2000.0, 3000.0, "SIGMOID"))
+    ds = pydicom.dcmread(io.BytesIO(native))
+    ds.compress(syntax)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out = decode.process(buf.getvalue(), 32, mode="exact")
+    np.testing.assert_array_equal(out.image, decode.process(native, 32, mode="exact").image)
+    expected = np.floor(255 / (1 + np.exp(-4 * (stored - 2000.0) / 3000)) + 0.5)
+    np.testing.assert_array_equal(
+        decode.decode_gray(native, decode.read_header(native)), expected.astype(np.uint8))
+
+
+def test_lut_sequences_and_multi_valued_windows() -> None:
+    from pydicom.dataset import Dataset
+
+    stored = np.array([[99, 100, 101, 102, 200]], np.uint16)
+    lut = Dataset()
+    lut.LUTDescriptor = [3, 100, 12]
+    lut.add_new("LUTData", "US", [0, 2000, 4095])
+    ds = pydicom.dcmread(io.BytesIO(to_dicom(stored, bits_stored=12)))
+    ds.VOILUTSequence = [lut]
+    out = _saved(ds)
+    # Values below the first mapped one take the first entry, above the last the last one.
+    expected = np.floor(np.array([0, 0, 2000, 4095, 4095]) * 255 / 4095 + 0.5)
+    np.testing.assert_array_equal(decode.decode_gray(out, decode.read_header(out))[0], expected)
+    # A header window comes first (its first value when there are several).
+    ds.WindowCenter, ds.WindowWidth = [150, 40], [101, 400]
+    ds.VOILUTFunction = "LINEAR_EXACT"
+    out = _saved(ds)
+    expected = np.floor(np.clip((stored[0] - 150.0) / 101 + 0.5, 0, 1) * 255 + 0.5)
+    np.testing.assert_array_equal(decode.decode_gray(out, decode.read_header(out))[0], expected)
+    # A Modality LUT Sequence replaces the rescale.
+    del ds.VOILUTSequence, ds.WindowCenter, ds.WindowWidth
+    modality = Dataset()
+    modality.LUTDescriptor = [2, 101, 16]
+    modality.add_new("LUTData", "OW", np.array([10, 30], "<u2").tobytes())
+    ds.ModalityLUTSequence = [modality]
+    ds.RescaleSlope, ds.RescaleIntercept = 5, 1000
+    out = decode.process(_saved(ds), 5, mode="exact", window="minmax")
+    assert (out.meta["voi_center"], out.meta["voi_width"]) == (20.0, 20.0)
+
+
+def _saved(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+# --- bad DICOM -------------------------------------------------------------------------------
+
+
+def _code(data: bytes) -> tuple[str, str]:
+    with pytest.raises(decode.ImageError) as info:
+        decode.process(data, 32)
+    assert info.value.code in decode.REASONS
+    return info.value.code, str(info.value)
+
+
+def _native(**kwargs) -> bytes:
+    return to_dicom(np.full((40, 30), 1000, np.uint16), bits_stored=12, **kwargs)
+
+
+def test_bad_dicom_reason_codes(jpeg_bytes) -> None:
+    native = _native()
+    assert _code(_with(native, PixelData=None, Rows=None, Columns=None))[0] == "no_pixels"
+    # Cut inside the pixel data: native and encapsulated.
+    assert _code(native[:-200])[0] == "truncated"
+    encapsulated = to_dicom(jpeg=jpeg_bytes)
+    assert _code(encapsulated[:len(encapsulated) // 2])[0] == "truncated"
+    two = to_dicom(np.zeros((80, 30), np.uint16), bits_stored=12)
+    assert _code(_with(two, Rows=40, NumberOfFrames=2)) == (
+        "multi_frame", "multi-frame DICOM (2 frames): only single-frame images are stored")
+    # A transfer syntax that no installed decoder handles: the message says what to install.
+    code, message = _code(_retagged(encapsulated, pydicom.uid.JPEG2000MC))
+    assert code == "no_decoder" and "pip install 'xraybatch[dicom]'" in message
+    assert _code(b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00garbage")[0] in {"corrupt",
+                                                                            "truncated"}
+
+
+def _retagged(data: bytes, syntax: str) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = syntax
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_colour_dicom_is_converted_and_flagged(jpeg_bytes) -> None:
+    rgb = np.dstack([np.full((20, 24), v, np.uint8) for v in (200, 100, 30)])
+    ds = pydicom.dcmread(io.BytesIO(_native()))
+    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.PlanarConfiguration = "RGB", 3, 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.Rows, ds.Columns = 7, 20, 24
+    ds.PixelData = rgb.tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    out = decode.process(buf.getvalue(), 16, mode="exact")
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    np.testing.assert_array_equal(out.image, cv2.resize(gray, (16, 16),
+                                                        interpolation=cv2.INTER_AREA))
+    assert out.header.channels == 3 and "converted to grayscale" in out.meta["message"]
+    # A colour JPEG inside DICOM (YBR_FULL_422): the luma channel, as for the JPEG file.
+    colour = cv2.imencode(".jpg", cv2.cvtColor(_exact_pixels(jpeg_bytes), cv2.COLOR_GRAY2BGR)
+                          )[1].tobytes()
+    out = decode.process(to_dicom(jpeg=colour), SIZE, mode="exact")
+    np.testing.assert_array_equal(out.image, decode.process(colour, SIZE, mode="exact").image)
+    assert out.meta["photometric"] == "YBR_FULL_422" and out.header.channels == 3
+
+
+def test_without_pydicom_dicom_files_get_an_install_hint_and_the_batch_goes_on(
+        jpeg_bytes, tmp_path, monkeypatch) -> None:
+    src = tmp_path / "src" / "A"
+    src.mkdir(parents=True)
+    (src / "a.jpeg").write_bytes(jpeg_bytes)
+    (src / "b.dcm").write_bytes(_native())
+    (src / "noext").write_bytes(_native())  # found by its preamble
+    (src / "fake.dcm").write_bytes(b"not a dicom file at all")
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom -> ImportError
+    result = xraybatch.ingest(tmp_path / "src", tmp_path / "x.zarr", size=32, scheduler="sync")
+    failures = dict(zip(result.failures.path, result.failures.status, strict=True))
+    assert failures == {"A/b.dcm": "no_decoder", "A/noext": "no_decoder",
+                        "A/fake.dcm": "not_image"}
+    assert result.n_stored == 1
+    message = result.failures.set_index("path").loc["A/b.dcm", "message"]
+    assert message == "DICOM needs pydicom: pip install 'xraybatch[dicom]'"
