@@ -26,6 +26,7 @@ from .options import (
     MAX_PIXELS,
     WINDOWS,
 )
+from .sources import TABLE_PRESETS
 
 if TYPE_CHECKING:
     from .ingest import IngestResult
@@ -42,6 +43,10 @@ xraybatch ingest chest_xray s3://bucket/xray.zarr --storage-option endpoint_url=
 xraybatch ingest chest_xray xray.zarr --resume      # after an interruption
 xraybatch ingest dicom_cxr dicom.zarr --window percentile --fit pad  # needs xraybatch[dicom]
 xraybatch ingest data/ out.zarr --patient-id '^(P[0-9]+)_'  # patient ids for the leakage check
+xraybatch ingest /data/nih nih.zarr --files /data/nih/Data_Entry_2017.csv --table-preset nih
+xraybatch ingest CheXpert-v1.0-small/train.csv chexpert.zarr --table-preset chexpert
+xraybatch ingest imgs/ out.zarr --files t.parquet --path-column file --labels-column tags
+xraybatch ingest s3://bucket/chest_xray/ xray.zarr --storage-option anon=true
 """
 
 
@@ -138,6 +143,30 @@ def _parser() -> argparse.ArgumentParser:
                    help="exit with status 1 if any file could not be stored")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage_option(i)
+    i.add_argument("--files", metavar="TABLE",
+                   help="CSV or Parquet table naming the images (paths relative to SRC, or "
+                        "absolute below it); SRC may also be the table itself (then paths "
+                        "are relative to its folder)")
+    i.add_argument("--table-preset", choices=TABLE_PRESETS,
+                   help="column layout of a public set: nih (Data_Entry_2017.csv) or "
+                        "chexpert (train.csv, valid.csv)")
+    i.add_argument("--path-column", metavar="NAME", help="table column of the image paths "
+                                                           "(default: path)")
+    i.add_argument("--label-column", metavar="NAME",
+                   help="table column with one class name per image (single-label)")
+    i.add_argument("--labels-column", metavar="NAME",
+                   help="table column listing each image's findings, e.g. A|B (multi-label)")
+    i.add_argument("--label-sep", metavar="SEP", help="separator of --labels-column "
+                                                      "(default: |)")
+    i.add_argument("--finding-columns", metavar="A,B,...", type=lambda t: tuple(
+        c.strip() for c in t.split(",") if c.strip()),
+                   help="table columns holding 1, 0, -1 (uncertain) or blank (not stated), "
+                        "one per finding (multi-label)")
+    i.add_argument("--split-column", metavar="NAME",
+                   help="table column of the split (train, val/valid, test); default: a "
+                        "train/val/valid/test folder in the path, else none")
+    i.add_argument("--patient-column", metavar="NAME",
+                   help="table column of the patient id (stored as patient_id)")
 
     t = sub.add_parser("stats", formatter_class=fmt, help="print a store's exact statistics",
                        description="Print global and per-class pixel statistics of a store.",
@@ -165,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--plot", metavar="FILE.png",
                    help="also draw the image beside its histogram (needs xraybatch[plot])")
     n.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
+    _add_storage_option(n)
 
     r = sub.add_parser("report", formatter_class=fmt,
                        help="figures and a quality-control report of a store (HTML)",
@@ -183,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="chooses the images of the sample grid (default: 0)")
     r.add_argument("--overwrite", action="store_true",
                    help="replace the report files of an existing DIR")
+    _add_storage_option(r)
     return p
 
 
@@ -202,7 +233,7 @@ class _Version(argparse.Action):
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-option", type=_storage_option, action="append", default=[],
                         metavar="KEY=VALUE",
-                        help="fsspec option for an OUT URL, repeatable (e.g. "
+                        help="fsspec option for URLs (SRC, table, store), repeatable (e.g. "
                              "endpoint_url=http://127.0.0.1:9000, anon=true)")
 
 
@@ -334,10 +365,20 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
                     resume=args.resume, progress=not args.quiet, max_pixels=args.max_pixels,
                     storage_options=dict(args.storage_option), window=args.window,
-                    fit=args.fit, patient_id=args.patient_id)
+                    fit=args.fit, patient_id=args.patient_id, files=args.files,
+                    table_preset=args.table_preset, columns=_columns(args))
     _print_summary(result)
     print(f"next: {_next_commands(args.out)}")
     return EXIT_FAILED_FILES if args.strict and len(result.failures) else 0
+
+
+def _columns(args: argparse.Namespace) -> dict[str, Any]:
+    """The table column options that were given (they replace the preset's)."""
+    given = {"path": args.path_column, "label": args.label_column,
+             "labels": args.labels_column, "sep": args.label_sep,
+             "findings": args.finding_columns, "split": args.split_column,
+             "patient": args.patient_column}
+    return {k: v for k, v in given.items() if v}
 
 
 def _print_summary(result: IngestResult) -> None:
@@ -406,11 +447,13 @@ def _print_stats(stats: dict, by: str) -> None:
     print("\n".join(describe_patients(stats["patients"])))
 
 
-def inspect_image(path: str | os.PathLike) -> dict:
-    """The tutorial's single-image numbers for one file, read as 8-bit grayscale."""
+def inspect_image(path: str | os.PathLike, storage_options: dict | None = None) -> dict:
+    """The tutorial's single-image numbers for one file (or URL), read as 8-bit grayscale."""
     from . import decode
+    from .sources.remote import source_options
 
-    data = decode.read_bytes(path)
+    with source_options(storage_options):
+        data = decode.read_bytes(path)
     image = decode.decode_gray(data, decode.read_header(data))
     return {"path": str(path), "height": image.shape[0], "width": image.shape[1],
             "max": int(image.max()), "min": int(image.min()),
@@ -421,11 +464,12 @@ def inspect_image(path: str | os.PathLike) -> dict:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    info = inspect_image(args.image)
+    info = inspect_image(args.image, dict(args.storage_option))
     if args.plot:
         from .report import plot_inspect
 
-        plot_inspect(args.image, args.plot, overwrite=args.overwrite)
+        plot_inspect(args.image, args.plot, overwrite=args.overwrite,
+                     storage_options=dict(args.storage_option))
     if args.json:
         print(json.dumps(info))
         return 0
@@ -444,7 +488,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import FIGURES, write_report
 
-    result = write_report(args.out, args.dir, seed=args.seed, overwrite=args.overwrite)
+    result = write_report(args.out, args.dir, seed=args.seed, overwrite=args.overwrite,
+                          storage_options=dict(args.storage_option))
     print(f"wrote {result.index} and {len(FIGURES)} figures: {result.n_images} images, "
           f"{result.n_failed} failed, {result.n_flagged} with QC flags")
     print(f"open in a browser: {result.index.resolve().as_uri()}")

@@ -24,6 +24,7 @@ from .geometry import fit as fit_image
 from .options import DECODE_MODES, DEFAULT_INTERPOLATION, MAX_PIXELS
 from .readers import jpeg
 from .readers.base import Header, ImageError, Options, Pixels
+from .sources import remote
 
 __all__ = ["DECODE_MODES", "INTERPOLATIONS", "MAX_PIXELS", "REASONS", "Decoded", "Header",
            "ImageError", "Record", "content_hash", "dct_scale", "decode_gray", "decode_pixels",
@@ -95,6 +96,8 @@ class Record:
     voi_center: float = math.nan
     voi_width: float = math.nan
     voi_function: str = ""
+    mean: float = 0.0  # of the stored image's pixels (set by the chunk task); 0 if invalid
+    std: float = 0.0
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
@@ -107,6 +110,8 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     ...
     xraybatch.readers.base.ImageError: file not found: /no/such/file.jpeg
     """
+    if "://" in os.fspath(path):  # an fsspec URL: the object store reader
+        return remote.read_url(os.fspath(path))
     try:
         # O_NONBLOCK: opening a FIFO named like an image must not hang the worker.
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:

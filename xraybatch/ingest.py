@@ -8,13 +8,14 @@ twice (retry, resume, a worker lost) is written with the same bytes.
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import itertools
 import os
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -25,8 +26,9 @@ import dask.threaded
 import numpy as np
 import pandas as pd
 import zarr
+from dask.delayed import Delayed
 
-from . import decode, store
+from . import decode, qc, store
 from .options import (
     DEFAULT_CHUNK,
     DEFAULT_INTERPOLATION,
@@ -37,6 +39,7 @@ from .options import (
 )
 from .progress import Progress, dask_callback
 from .scan import Scan, scan
+from .sources import listing, remote, tables
 from .store import StoreError, StoreRef
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
@@ -45,6 +48,9 @@ _LOCAL_GET = {"threads": dask.threaded.get, "processes": dask.multiprocessing.ge
 # Attributes that must match for --resume to continue a run.
 _RESUME_KEYS = ("size", "interpolation", "decode", "label_scheme", "source", "max_pixels",
                 "window", "fit", "patient_id_regex")
+#: Chunk tasks in flight per worker thread on a cluster: enough to keep every thread busy
+#: while results come back, few enough that the scheduler and client hold O(threads) tasks.
+IN_FLIGHT_PER_THREAD = 4
 
 
 class SchedulerError(RuntimeError):
@@ -65,6 +71,7 @@ class ChunkTask:
     max_pixels: int
     window: str = "header"
     fit: str = "stretch"
+    source_options: dict = field(default_factory=dict)  # fsspec options for URL paths
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,8 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
         if image is not None:
             images[i] = image
             hist[i] = decode.histogram(image)
+            mean, std = qc.image_moments(hist[i:i + 1])  # stored: QC needs no histograms
+            records[i] = replace(record, mean=float(mean[0]), std=float(std[0]))
     failures = tuple((task.start + i, r.status, r.message)
                      for i, r in enumerate(records) if not r.valid)
     report = ChunkReport(task.index, n, failures, sum(r.nbytes for r in records),
@@ -131,7 +140,8 @@ def run_chunk(task: ChunkTask) -> ChunkReport:
         raise StoreError(f"{socket.gethostname()} cannot open {task.ref.url}: on a cluster, "
                          "OUT must be on a file system or object store every worker reaches"
                          ) from None
-    images, hist, records, report = process_chunk(task)
+    with remote.source_options(task.source_options):
+        images, hist, records, report = process_chunk(task)
     store.write_chunk(group, task.index, task.start, images, hist, records)
     return report
 
@@ -149,18 +159,26 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
         return sum(weights[index * chunk:(index + 1) * chunk]) if weights else 0
 
     tasks = []
+    prefix = listing.join(root, "")  # scan paths are relative: one concatenation each
     for rank, index in enumerate(sorted(chunks, key=weight)):
         start = index * chunk
-        spec = ChunkTask(ref, index, start,
-                         tuple(os.path.join(root, p) for p in paths[start:start + chunk]), **params)
+        spec = ChunkTask(ref, index, start, tuple(prefix + p for p in paths[start:start + chunk]),
+                         **params)
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
-        key = f"xraybatch-chunk-{rank:06d}-{index}-{dask.base.tokenize(spec)}"
-        # The spec is bound in a partial: passed as an argument, dask would walk its 64
-        # paths looking for collections (3 ms per task, seconds on large folders).
-        task = dask.delayed(functools.partial(run_chunk, spec), name=key, pure=True)
-        tasks.append(task(dask_key_name=key))
+        key = f"xraybatch-chunk-{rank:06d}-{index}-{_token(spec)}"
+        # A one-task graph: passed to dask.delayed, the spec's 64 paths would be walked
+        # looking for collections (benchmarks/README.md, "Scale": a million-image plan).
+        tasks.append(Delayed(key, {key: (run_chunk, spec)}))
     return tasks
+
+
+def _token(spec: ChunkTask) -> str:
+    """A hash of the whole spec (store, options, files, parameters), in one go: dask's
+    ``tokenize`` normalises each path and the store reference by pickling (0.3 ms per task,
+    seconds for a million images). The spec holds only strings, numbers and flat dicts, so
+    its ``repr`` is deterministic."""
+    return hashlib.sha256(repr(spec).encode()).hexdigest()[:32]
 
 
 def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
@@ -178,7 +196,7 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
             with count:  # the function, not its name: a name makes dask import distributed
                 return list(dask.compute(*tasks, scheduler=_LOCAL_GET[scheduler],
                                          num_workers=workers))
-        return _gather(scheduler, scheduler.compute(tasks, retries=retries), bar)
+        return _gather(scheduler, tasks, retries, bar)
 
 
 def _images_done(result: Any) -> int:
@@ -186,16 +204,28 @@ def _images_done(result: Any) -> int:
     return result.n if isinstance(result, ChunkReport) else 0
 
 
-def _gather(client: Any, futures: list, bar: Progress | None) -> list[ChunkReport]:
-    """The reports of a cluster's futures, advancing ``bar`` as each one finishes."""
+def _gather(client: Any, tasks: list, retries: int, bar: Progress | None) -> list[ChunkReport]:
+    """Run the tasks on a cluster, heaviest first, a bounded number in flight; advance ``bar``.
+
+    Submitting every task at once makes the scheduler and the client hold one future per
+    chunk; a window of a few tasks per worker thread keeps both flat for any dataset size.
+    """
     from distributed import KilledWorker, as_completed
 
+    window = max(8, IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
+    waiting = reversed(tasks)  # build_tasks puts the heaviest chunks last
+    reports: list[ChunkReport] = []
     try:
-        for future in as_completed(futures) if bar else ():
-            if future.status != "finished":
-                break  # gather raises its error at once
-            bar.advance(_images_done(future.result()))
-        return client.gather(futures)
+        running = as_completed(client.compute(list(itertools.islice(waiting, window)),
+                                              retries=retries))
+        for future in running:
+            reports.append(future.result())  # a task's error is raised at once
+            future.release()
+            if bar:
+                bar.advance(_images_done(reports[-1]))
+            for task in itertools.islice(waiting, 1):
+                running.add(client.compute(task, retries=retries))
+        return reports
     except KilledWorker as e:  # the scheduler gave up after allowed-failures worker deaths
         raise SchedulerError(f"workers kept dying while running a chunk task ({e}); "
                              "the store is incomplete: fix the workers and --resume") from None
@@ -233,13 +263,17 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
            overwrite: bool = False, resume: bool = False, progress: bool = False,
            max_pixels: int = decode.MAX_PIXELS, storage_options: dict | None = None,
            retries: int = 2, window: str = "header", fit: str = "stretch",
-           patient_id: str | None = None) -> IngestResult:
+           patient_id: str | None = None, files: str | os.PathLike | None = None,
+           table_preset: str | None = None, columns: dict[str, Any] | None = None,
+           source_options: dict | None = None) -> IngestResult:
     """Read every image under ``src`` into the zarr store ``out``.
 
     Parameters
     ----------
     src
-        Folder of images (see :func:`xraybatch.scan`).
+        Folder of images or its fsspec URL (``s3://bucket/chest_xray/``), a table file, or
+        with ``files`` the folder the table's paths are relative to (see
+        :func:`xraybatch.scan`).
     out
         Store path or fsspec URL (``s3://bucket/x.zarr`` needs ``xraybatch[s3]``).
     size, interpolation, decode_mode
@@ -273,6 +307,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         ``"stretch"`` (default), ``"pad"`` or ``"crop"`` (see :mod:`xraybatch.geometry`).
     patient_id
         Regex giving each file's patient from its relative path (default: Kermany names).
+    files, table_preset, columns
+        A table (CSV or Parquet) naming the images, a preset of its columns (``"nih"``,
+        ``"chexpert"``) and column mappings (keys of
+        :class:`xraybatch.sources.tables.Columns`: ``path``, ``label``, ``labels``, ``sep``,
+        ``findings``, ``split``, ``patient``), which replace the preset's.
+    source_options
+        fsspec options for a URL ``src`` or table (default: ``storage_options``); the
+        workers read the files themselves, so a cluster needs no shared disk.
 
     Returns
     -------
@@ -299,9 +341,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         raise ValueError(f"unknown window {window!r} or fit {fit!r}: use one of "
                          f"{', '.join(WINDOWS)} and one of {', '.join(FITS)}")
     t0 = time.perf_counter()
-    found = scan(src, labels, patient_id)
+    source_options = dict(storage_options or {} if source_options is None else source_options)
+    table = files if files is not None else (src if tables.is_table(src) else None)
+    spec = tables.columns_for(table_preset, **(columns or {})) if table is not None else None
+    found = scan(None if table == src else src, labels, patient_id, files=table,
+                 columns=spec, storage_options=source_options, progress=progress)
     ref = StoreRef(str(out), storage_options or {})
-    attrs = {"source": str(found.root.resolve()), "label_scheme": str(labels),
+    scheme = str(labels) if table is None else _table_scheme(table, table_preset, columns)
+    attrs = {"source": found.source, "label_scheme": scheme,
              "interpolation": interpolation, "decode": decode_mode, "max_pixels": max_pixels,
              "window": window, "fit": fit, "pad_value": PAD_VALUE,
              "patient_id_regex": patient_id or "",
@@ -315,12 +362,13 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         if created:  # a new store, or a resumed one whose creation was interrupted
             group = store.create(ref, found.manifest, size=size, chunk=chunk,
                                  classes=found.classes, splits=found.splits, attrs=attrs,
-                                 overwrite=overwrite or resume)
+                                 overwrite=overwrite or resume, findings=found.findings)
         chunk = int(group.attrs["chunk"])
         todo = (list(range(store.n_chunks(len(found.manifest), chunk))) if created
                 else [int(i) for i in np.flatnonzero(~store.done_chunks(group))])
         params = dict(size=int(group.attrs["size"]), interpolation=interpolation,
-                      decode=decode_mode, max_pixels=max_pixels, window=window, fit=fit)
+                      decode=decode_mode, max_pixels=max_pixels, window=window, fit=fit,
+                      source_options=source_options)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
                             weights=found.manifest.bytes.tolist(), **params)
         threads = cv2.getNumThreads()
@@ -336,6 +384,14 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                              f"is chunk {missing[0]}); finish it with --resume")
         store.mark_complete(group, _summary_attrs(result))
     return result
+
+
+def _table_scheme(table: str | os.PathLike, preset: str | None,
+                  columns: dict[str, Any] | None) -> str:
+    """The ``label_scheme`` attribute of a table input: the table, preset and given columns."""
+    given = " ".join(f"{k}={v!r}" for k, v in (columns or {}).items())
+    return " ".join(x for x in (f"table {os.fspath(table)}", preset and f"preset {preset}",
+                                given and f"columns {given}") if x)
 
 
 def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | None:
@@ -358,7 +414,8 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
     before = store.scan_arrays(group)
     now = found.manifest[["path", "label", "bytes"]].set_axis(list(before.columns), axis=1)
     same_files = (len(before) == len(now) and (before.to_numpy() == now.to_numpy()).all()
-                  and stored["classes"] == found.classes and stored["splits"] == found.splits)
+                  and stored["classes"] == found.classes and stored["splits"] == found.splits
+                  and store.same_findings(group, found.findings))
     if not same_files:  # paths, labels, sizes or class names differ: not the same data
         raise StoreError(f"cannot resume {ref.url}: the source files changed since the "
                          "interrupted run; start again with --overwrite")

@@ -57,8 +57,12 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(x) if spread == 0 else dev / spread
 
 
-def add_flags(frame: pd.DataFrame, hist: np.ndarray, size: int) -> pd.DataFrame:
+def add_flags(frame: pd.DataFrame, hist: np.ndarray | None, size: int,
+              moments: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
     """Add ``mean``, ``std``, ``duplicate_of``, ``qc_<flag>`` and ``qc_flags`` columns.
+
+    ``moments`` (per-image mean and std, as :func:`image_moments` gives them) replaces
+    ``hist``: a store keeps them, so QC never needs every histogram in memory.
 
     Examples
     --------
@@ -72,7 +76,7 @@ def add_flags(frame: pd.DataFrame, hist: np.ndarray, size: int) -> pd.DataFrame:
     """
     out = frame.copy()
     valid = out.valid.to_numpy(bool)
-    mean, std = image_moments(hist)
+    mean, std = image_moments(hist) if moments is None else moments
     out["mean"], out["std"] = np.where(valid, mean, np.nan), np.where(valid, std, np.nan)
 
     out["duplicate_of"], copies = _duplicates(out.sha256.to_numpy(dtype=object))

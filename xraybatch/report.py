@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import decode, qc
 from .patients import describe as describe_patients
+from .sources.remote import source_options
 from .stats import table as stats_table
 from .store import StoreError, XrayStore
 
@@ -102,8 +103,7 @@ def class_means(store: XrayStore) -> tuple[np.ndarray, np.ndarray]:
     import dask.array as da
 
     images = store.images
-    ids = np.where(store.valid, store.labels, -1)
-    onehot = (ids[:, None] == np.arange(len(store.classes))).astype(np.float64)
+    onehot = store.class_membership().astype(np.float64)  # multi-label: every finding
     weights = da.from_array(onehot, chunks=(images.chunks[0], onehot.shape[1]))
     sums = da.tensordot(weights, images, axes=(0, 0)).compute()
     counts = onehot.sum(axis=0).astype(np.int64)
@@ -262,10 +262,17 @@ def plot_mean_images(classes: list[str], means: np.ndarray, counts: np.ndarray):
     return fig
 
 
-def plot_spread(manifest: pd.DataFrame, classes: list[str]):
-    """Box plots of per-image mean and std by class, every image a dot, outliers crossed."""
+def plot_spread(manifest: pd.DataFrame, classes: list[str],
+                membership: np.ndarray | None = None):
+    """Box plots of per-image mean and std by class, every image a dot, outliers crossed.
+
+    ``membership`` ((N, C) bool, multi-label stores) puts an image under each of its findings.
+    """
     fig = _figure(12, 4.6)
     valid = manifest[manifest.valid.to_numpy(bool)]
+    if membership is not None:  # multi-label: one dot per image and positive finding
+        rows, label = np.nonzero(membership[manifest.valid.to_numpy(bool)])
+        valid = valid.iloc[rows].assign(label=label)
     jitter = np.random.default_rng(0).uniform(-0.2, 0.2, len(valid))
     x = valid.label.to_numpy() + 1 + jitter
     outlier = valid.qc_outlier.to_numpy(bool)
@@ -292,7 +299,7 @@ def plot_spread(manifest: pd.DataFrame, classes: list[str]):
 
 
 def plot_inspect(image_path: str | os.PathLike, out: str | os.PathLike, *,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, storage_options: dict | None = None) -> Path:
     """The tutorial's view of one image: the image beside its 256-bin histogram.
 
     Examples
@@ -304,7 +311,8 @@ def plot_inspect(image_path: str | os.PathLike, out: str | os.PathLike, *,
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists: pass --overwrite to replace it")
-    data = decode.read_bytes(image_path)
+    with source_options(storage_options):  # image_path may be a URL
+        data = decode.read_bytes(image_path)
     image = decode.decode_gray(data, decode.read_header(data))
     hist = decode.histogram(image)
     fig = _figure(12, 4.8)
@@ -331,7 +339,8 @@ def plot_inspect(image_path: str | os.PathLike, out: str | os.PathLike, *,
 
 def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *,
                  seed: int = 0, overwrite: bool = False,
-                 inspect: str | os.PathLike | None = None) -> ReportResult:
+                 inspect: str | os.PathLike | None = None,
+                 storage_options: dict | None = None) -> ReportResult:
     """Write the figures, ``manifest.csv`` and an ``index.html`` showing them with the tables.
 
     Parameters
@@ -346,6 +355,8 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
     inspect
         A source image file to show as the tutorial does, beside its histogram
         (:func:`plot_inspect`), in ``one_image.png``.
+    storage_options
+        fsspec options for a store given by URL.
 
     Examples
     --------
@@ -354,7 +365,7 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
     PosixPath('xray-report/index.html')
     """
     require_matplotlib()
-    ds = store if isinstance(store, XrayStore) else XrayStore(str(store))
+    ds = store if isinstance(store, XrayStore) else XrayStore(str(store), storage_options)
     if not ds.complete:
         raise StoreError(f"{ds.ref.url} is INCOMPLETE (an interrupted ingest): finish it with "
                          f"'xraybatch ingest SRC {ds.ref.url} --resume' first")
@@ -370,7 +381,8 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
         "histograms.png": plot_histograms(stats, ds.classes),
         "samples.png": plot_samples(ds, manifest, seed),
         "mean_images.png": plot_mean_images(ds.classes, means, counts),
-        "intensity_spread.png": plot_spread(manifest, ds.classes),
+        "intensity_spread.png": plot_spread(
+            manifest, ds.classes, ds.class_membership() if ds.multilabel else None),
     }
     out.mkdir(parents=True, exist_ok=True)
     files = []
@@ -378,7 +390,8 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
         fig.savefig(out / name, dpi=DPI)
         files.append(out / name)
     if inspect is not None:
-        files.append(plot_inspect(inspect, out / ONE_IMAGE, overwrite=True))
+        files.append(plot_inspect(inspect, out / ONE_IMAGE, overwrite=True,
+                                  storage_options=storage_options))
     manifest.to_csv(out / "manifest.csv", index_label="sample")
     index = out / "index.html"
     index.write_text(_html(ds, stats, manifest, seed, inspect),
@@ -424,6 +437,16 @@ def _counts_table(stats: dict[str, Any], classes: list[str], splits: list[str]) 
     frame.loc["class weight"] = [f"{weights[c]:.4f}" if c in weights else "–"
                                  for c in classes] + ["–"]
     return frame
+
+
+def _finding_tables(stats: dict[str, Any]) -> list[str]:
+    """Multi-label stores: what the table states per finding, and which findings co-occur."""
+    states = pd.DataFrame.from_dict(stats["finding_counts"], orient="index")
+    cooc = stats["cooccurrence"]
+    matrix = pd.DataFrame(cooc["matrix"], index=cooc["findings"], columns=cooc["findings"])
+    return ["<h3>Findings as stated (valid images)</h3>", _table(states, index=True),
+            "<h3>Co-occurrence</h3><p>Valid images positive for both findings (the diagonal: "
+            "for the finding).</p>", _table(matrix, index=True)]
 
 
 def _qc_tables(manifest: pd.DataFrame) -> str:
@@ -511,6 +534,7 @@ def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: in
         f"{'–' if ratio is None else f'{ratio:.2f}'}. Class weights are "
         "n_images / (n_classes &times; n_class), for a weighted loss.</p>",
         _table(_counts_table(stats, ds.classes, ds.splits), index=True),
+        *(_finding_tables(stats) if "cooccurrence" in stats else []),
         _h2("patients"), _patients_html(stats["patients"]),
         _h2("intensities"), _figure_html("histograms.png"),
         "<h3>All images</h3>", _table(stats_table({"all": stats["global"]})),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .patients import patient_ids
+from .sources import listing, tables
 from .synth import MARKER
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp",
@@ -22,9 +23,7 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".we
 SPLITS = ("train", "val", "test")
 NO_SPLIT = "none"
 KERMANY3 = ("NORMAL", "BACTERIA", "VIRUS")
-# Folders that archive tools add and that never hold data (macOS zip resource forks, etc.).
-_JUNK_DIRS = {"__MACOSX", ".git", ".ipynb_checkpoints", "@eaDir"}
-_OWN_FILES = {MARKER}  # xraybatch's own bookkeeping, not data
+_OWN_FILES = frozenset({MARKER})  # xraybatch's own bookkeeping, not data
 
 
 class ScanError(ValueError):
@@ -39,28 +38,23 @@ class Scan:
     (relative, posix), ``split``, ``class_name``, ``label``, ``bytes`` (-1 when the file
     cannot be stat'ed; the decoder will give the reason), ``patient_id`` ("" if unknown).
     ``skipped`` lists files that are not images or carry no label, with a ``reason``.
+    ``root`` is a local folder or an fsspec URL. ``findings`` is set for multi-label tables:
+    (N, C) int8, one column per finding (``label`` is then -1; see
+    :mod:`xraybatch.sources.tables`).
     """
 
-    root: Path
+    root: Path | str
     manifest: pd.DataFrame
     classes: list[str]
     splits: list[str]
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    findings: pd.DataFrame | None = None
 
-
-def _walk(root: Path) -> list[Path]:
-    """All files below root, following directory symlinks once (loops are cut)."""
-    seen: set[str] = set()
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if d not in _JUNK_DIRS)
-        out.extend(Path(dirpath, f) for f in filenames if f not in _OWN_FILES)
-    return out
+    @property
+    def source(self) -> str:
+        """The root as stored in the ``source`` attribute: an absolute path or the URL."""
+        root = str(self.root)
+        return root if listing.is_url(root) else str(Path(root).resolve())
 
 
 def _split_of(parts: tuple[str, ...], has_splits: bool) -> tuple[str, tuple[str, ...]]:
@@ -126,21 +120,34 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def scan(root: str | os.PathLike, labels: str = "folder",
-         patient_id: str | None = None) -> Scan:
+def scan(root: str | os.PathLike | None, labels: str = "folder",
+         patient_id: str | None = None, *, files: str | os.PathLike | None = None,
+         columns: tables.Columns | None = None, storage_options: dict | None = None,
+         progress: bool = False) -> Scan:
     """Scan ``root`` into a manifest.
 
     Parameters
     ----------
     root
-        Folder of images, either ``root/CLASS/*.ext`` or ``root/{train,val,test}/CLASS/*.ext``.
+        Folder of images, either ``root/CLASS/*.ext`` or ``root/{train,val,test}/CLASS/*.ext``,
+        or an fsspec URL prefix of such a folder (``s3://bucket/chest_xray/``); with
+        ``files``, the folder the table's paths are relative to (default: the table's folder).
+        A table file (``.csv``, ``.parquet``) here means ``files=root``.
     labels
         ``"folder"`` (class = folder name, labels are the sorted names), ``"kermany3"``
         (NORMAL / BACTERIA / VIRUS, PNEUMONIA split by file name) or the path of a CSV file
-        mapping relative path -> class.
+        mapping relative path -> class. Ignored with ``files``.
     patient_id
         Regex searched in each relative path for the column ``patient_id`` (one group or a
         group named ``patient``); by default Kermany file names give it ("" if unknown).
+        With ``files``, the table's patient column (if mapped) gives it.
+    files
+        A table (CSV or Parquet, a path or URL) naming the images: see
+        :func:`xraybatch.sources.tables.scan_table`; ``columns`` maps its columns.
+    storage_options
+        fsspec options for URLs (root, table).
+    progress
+        Print a line on stderr every few seconds while listing a large folder.
 
     Examples
     --------
@@ -156,23 +163,33 @@ def scan(root: str | os.PathLike, labels: str = "folder",
     >>> s.skipped.values.tolist()
     [['train/.DS_Store', 'not_image']]
     """  # noqa: E501
-    root = Path(root)
-    if not root.is_dir():
-        raise ScanError(f"source folder not found: {root}")
+    if files is None and root is not None and tables.is_table(root):
+        files, root = root, None
+    if files is not None:
+        return _scan_table(files, root, columns, storage_options, progress, patient_id)
+    local = not listing.is_url(root)
+    if not local:
+        if not listing.is_dir(str(root), storage_options):
+            raise ScanError(f"source folder not found: {root}")
+    else:
+        root = Path(root)
+        if not root.is_dir():
+            raise ScanError(f"source folder not found: {root}")
     csv_map = None
     if labels not in ("folder", "kermany3"):
         if not labels.lower().endswith(".csv"):
             raise ScanError(f"unknown label scheme {labels!r}: use folder, kermany3 or a .csv file")
         csv_map = read_label_csv(labels)
 
-    files = _walk(root)
-    rels = [f.relative_to(root).as_posix() for f in files]
-    has_splits = any(r.split("/")[0].lower() in SPLITS and r.count("/") >= 2 for r in rels)
+    entries = list(listing.walk(str(root), storage_options, skip=_OWN_FILES, progress=progress))
+    has_splits = any(r.split("/")[0].lower() in SPLITS and r.count("/") >= 2 for r, _ in entries)
+    rels = {rel for rel, _ in entries} if csv_map is not None else set()
     rows, skipped = [], []
-    for path, rel in zip(files, rels, strict=True):
+    for rel, size in entries:
         parts = tuple(rel.split("/"))
         name = parts[-1]
-        if ((path.suffix.lower() not in IMAGE_SUFFIXES and not _is_dicom(path))
+        if ((os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES
+             and not (local and _is_dicom(Path(root, rel))))
                 or name.startswith("._")):
             skipped.append((rel, "not_image"))
             continue
@@ -186,11 +203,10 @@ def scan(root: str | os.PathLike, labels: str = "folder",
         if cls is None:
             skipped.append((rel, "unlabelled"))
             continue
-        rows.append((rel, split, cls, _size(path)))
+        rows.append((rel, split, cls, size))
     if csv_map is not None:  # listed but absent: kept, so the decoder reports them as missing
-        found = set(rels)
         for rel, cls in csv_map.items():
-            if rel not in found:
+            if rel not in rels:
                 rows.append((rel, _split_of(tuple(rel.split("/")), has_splits)[0], cls, -1))
 
     if not rows:
@@ -209,8 +225,19 @@ def scan(root: str | os.PathLike, labels: str = "folder",
     return Scan(root, manifest, classes, splits, skipped_df)
 
 
-def _size(path: Path) -> int:
+def _scan_table(files: str | os.PathLike, root: str | os.PathLike | None,
+                columns: tables.Columns | None, storage_options: dict | None,
+                progress: bool, patient_id: str | None = None) -> Scan:
     try:
-        return path.stat().st_size
-    except OSError:
-        return -1
+        found = tables.scan_table(os.fspath(files), None if root is None else os.fspath(root),
+                                  columns, storage_options, progress)
+    except tables.TableError as e:
+        raise ScanError(str(e)) from None
+    if found.manifest.empty:
+        raise ScanError(f"no usable rows in {files} ({len(found.skipped)} rows skipped: "
+                        f"{found.skipped.reason.value_counts().to_dict()})")
+    if patient_id is not None or not found.manifest.patient_id.astype(bool).any():
+        # No patient column: the file names (or --patient-id REGEX) may still tell.
+        found.manifest["patient_id"] = patient_ids(found.manifest.path, patient_id)
+    return Scan(found.root, found.manifest, found.classes, found.splits, found.skipped,
+                found.findings)

@@ -36,7 +36,20 @@ def group_histograms(hist, group_ids: np.ndarray, n_groups: int) -> np.ndarray:
     parts = [dask.delayed(_partial)(block, group_ids[a:b], n_groups)
              for block, a, b in zip(hist.to_delayed().ravel(), bounds[:-1], bounds[1:],
                                     strict=True)]
-    return dask.delayed(sum)(parts).compute() if parts else np.zeros((n_groups, 256), np.int64)
+    return tree_sum(parts).compute() if parts else np.zeros((n_groups, 256), np.int64)
+
+
+def tree_sum(parts: list, fan_in: int = 8):
+    """Add delayed partial results in a tree: memory holds a few partials, not one per chunk.
+
+    Examples
+    --------
+    >>> tree_sum([dask.delayed(i) for i in range(20)], fan_in=3).compute()
+    190
+    """
+    while len(parts) > 1:
+        parts = [dask.delayed(sum)(parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
+    return parts[0]
 
 
 def _partial(block: np.ndarray, ids: np.ndarray, n_groups: int) -> np.ndarray:
@@ -129,9 +142,23 @@ def table(named: dict[str, dict[str, Any]]) -> pd.DataFrame:
                          for name, s in named.items()])
 
 
+def _per_group(table: np.ndarray, counts: np.ndarray, classes: list[str],
+               splits: list[str]) -> dict[str, Any]:
+    """``per_class`` and ``per_split_class`` from (split, class, 256) sums and counts."""
+    return {
+        "per_class": {c: summarize(table[:, i].sum(0), counts[:, i].sum())
+                      for i, c in enumerate(classes)},
+        "per_split_class": {s: {c: summarize(table[j, i], counts[j, i])
+                                for i, c in enumerate(classes)}
+                            for j, s in enumerate(splits)},
+    }
+
+
 def compute(store) -> dict[str, Any]:
     """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`,
     and its patients (:func:`xraybatch.patients.summarize`)."""
+    if store.multilabel:
+        return compute_multilabel(store)
     classes, splits = store.classes, store.splits
     labels, split, valid = store.labels.astype(np.int64), store.split.astype(np.int64), store.valid
     n_class = len(classes)
@@ -145,11 +172,7 @@ def compute(store) -> dict[str, Any]:
         "images": len(labels), "valid": int(valid.sum()), "failed": int((~valid).sum()),
         "complete": store.complete,
         "global": summarize(table.sum(axis=(0, 1)), counts.sum()),
-        "per_class": {c: summarize(table[:, i].sum(0), counts[:, i].sum())
-                      for i, c in enumerate(classes)},
-        "per_split_class": {s: {c: summarize(table[j, i], counts[j, i])
-                                for i, c in enumerate(classes)}
-                            for j, s in enumerate(splits)},
+        **_per_group(table, counts, classes, splits),
         "class_counts": class_counts,
         **class_balance(class_counts),
         # Valid images only: a file that was not stored cannot leak.
@@ -157,4 +180,99 @@ def compute(store) -> dict[str, Any]:
                                        np.asarray(splits, dtype=object)[split[valid]],
                                        np.asarray(classes, dtype=object)[labels[valid]],
                                        splits, classes),
+    }
+
+
+#: Values of a multi-label store's findings matrix, as counted in ``finding_counts``.
+FINDING_STATES = {1: "positive", 0: "negative", -1: "uncertain", -2: "not_stated"}
+
+
+def finding_sums(hist, findings, split: np.ndarray, valid: np.ndarray,
+                 n_splits: int) -> dict[str, np.ndarray]:
+    """Sums of a multi-label store, one task per chunk: an image counts under every finding
+    it is positive for.
+
+    ``hist`` (N, 256) and ``findings`` (N, C) are dask arrays with the same row chunks;
+    ``split`` and ``valid`` are numpy. Returns ``class_hist`` (S, C, 256), ``all_hist``
+    (S, 256), ``counts`` (S, C) positives, ``cooccurrence`` (C, C) and ``states`` (C, 4),
+    the valid images in each of :data:`FINDING_STATES` (all int64, valid images only).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> h = da.from_array(np.eye(3, 256, dtype=np.int32), chunks=2)
+    >>> f = da.from_array(np.array([[1, 1], [0, 1], [-1, -2]], np.int8), chunks=(2, 2))
+    >>> out = finding_sums(h, f, np.zeros(3, int), np.ones(3, bool), 1)
+    >>> out["counts"].tolist(), out["cooccurrence"].tolist()
+    ([[1, 2]], [[1, 1], [1, 2]])
+    """
+    hist = hist.rechunk({1: -1})
+    findings = findings.rechunk({0: hist.chunks[0], 1: -1})
+    bounds = np.cumsum((0, *hist.chunks[0]))
+    parts = [dask.delayed(_finding_partial)(h, f, split[a:b], valid[a:b], n_splits)
+             for h, f, a, b in zip(hist.to_delayed().ravel(), findings.to_delayed().ravel(),
+                                   bounds[:-1], bounds[1:], strict=True)]
+    if parts:
+        return tree_sum(parts).compute()
+    n_class = findings.shape[1]
+    return {"class_hist": np.zeros((n_splits, n_class, 256), np.int64),
+            "all_hist": np.zeros((n_splits, 256), np.int64),
+            "counts": np.zeros((n_splits, n_class), np.int64),
+            "cooccurrence": np.zeros((n_class, n_class), np.int64),
+            "states": np.zeros((n_class, len(FINDING_STATES)), np.int64)}
+
+
+class Sums(dict):
+    """A dict of arrays that adds key by key (so that ``sum`` of partials works)."""
+
+    def __add__(self, other):
+        return Sums({k: v + other[k] for k, v in self.items()})
+
+    def __radd__(self, other):
+        return self if other == 0 else self + other
+
+
+def _finding_partial(block: np.ndarray, findings: np.ndarray, split: np.ndarray,
+                     valid: np.ndarray, n_splits: int) -> dict[str, np.ndarray]:
+    block = block.astype(np.int64)
+    positive = ((findings == 1) & valid[:, None]).astype(np.int64)
+    by_split = [split == s for s in range(n_splits)]
+    return Sums({
+        "class_hist": np.stack([positive[rows].T @ block[rows] for rows in by_split]),
+        "all_hist": np.stack([block[rows & valid].sum(axis=0) for rows in by_split]),
+        "counts": np.stack([positive[rows].sum(axis=0) for rows in by_split]),
+        "cooccurrence": positive.T @ positive,
+        "states": np.stack([((findings == v) & valid[:, None]).sum(axis=0)
+                            for v in FINDING_STATES], axis=1),
+    })
+
+
+def compute_multilabel(store) -> dict[str, Any]:
+    """:func:`compute` for a multi-label store: per finding, every image under each of its
+    positive findings; with ``finding_counts`` (positive, negative, uncertain, not stated
+    per finding), the ``cooccurrence`` matrix and BCE ``pos_weight`` (negatives/positives)."""
+    import dask.array as da
+
+    classes, splits, valid = store.classes, store.splits, store.valid
+    sums = finding_sums(store.hist, da.from_zarr(store.array("findings")),
+                        store.split.astype(np.int64), valid, len(splits))
+    table, counts = sums["class_hist"], sums["counts"]
+    class_counts = {c: int(counts[:, i].sum()) for i, c in enumerate(classes)}
+    n_valid = int(valid.sum())
+    return {
+        "images": len(valid), "valid": n_valid, "failed": int((~valid).sum()),
+        "complete": store.complete, "label_kind": "multi",
+        "global": summarize(sums["all_hist"].sum(axis=0), n_valid),
+        **_per_group(table, counts, classes, splits),
+        "class_counts": class_counts,
+        "finding_counts": {c: dict(zip(FINDING_STATES.values(), map(int, sums["states"][i]),
+                                       strict=True)) for i, c in enumerate(classes)},
+        "cooccurrence": {"findings": list(classes),
+                         "matrix": sums["cooccurrence"].tolist()},
+        "pos_weight": {c: (n_valid - n) / n for c, n in class_counts.items() if n},
+        **class_balance(class_counts),
+        # Patients per split and leakage; per class is left out (an image has several).
+        "patients": patients.summarize(store.patient_ids()[valid],
+                                       np.asarray(splits, dtype=object)[store.split[valid]],
+                                       store.class_names()[valid], splits, []),
     }

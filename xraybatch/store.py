@@ -24,6 +24,10 @@ without xraybatch)::
     rescale_slope, rescale_intercept, window_center, window_width (sample,) float64
     window_used, voi_function (sample,) str; voi_center, voi_width (sample,) float64
                                            the window actually applied (xraybatch.render)
+    mean, std     (sample,)       float64  per-image pixel mean and std (0 where invalid)
+    findings      (sample, finding) int8   multi-label stores only: 1 positive, 0 negative,
+                                           -1 uncertain, -2 not stated (labels is then -1)
+    finding       (finding,)      str      multi-label stores only: the finding names
     chunk_done    (chunk,)        bool     written last by each chunk task (resume)
 
 Group attributes hold the class and split names, size, interpolation, decode mode, source
@@ -72,7 +76,10 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "window_width": ("float64", np.nan), "window_used": (str, ""),
     "voi_center": ("float64", np.nan), "voi_width": ("float64", np.nan),
     "voi_function": (str, ""),
+    "mean": ("float64", 0.0), "std": ("float64", 0.0),
 }
+#: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
+FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
 #: Compressors of the ``images`` array: none (see :func:`create`).
 IMAGES_COMPRESSORS = None
 LOCK_NAME = ".xraybatch.lock"
@@ -211,8 +218,12 @@ def _check_replaceable(ref: StoreRef, overwrite: bool) -> None:
 
 def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
            classes: list[str], splits: list[str], attrs: dict[str, Any],
-           overwrite: bool = False, compression_level: int = 1) -> zarr.Group:
+           overwrite: bool = False, compression_level: int = 1,
+           findings: pd.DataFrame | None = None) -> zarr.Group:
     """Create the store for ``manifest`` and write what the scan already knows.
+
+    ``findings`` (multi-label input: (N, C) int8, one column per finding, ``classes`` are
+    its column names) is stored as the 2-D array ``findings`` with a ``finding`` coordinate.
 
     Raises :class:`StoreError` if the store exists and ``overwrite`` is false. The caller
     holds the lock (:func:`locked`) and has called :func:`check_target` before taking it.
@@ -236,8 +247,9 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
                        compressors=IMAGES_COMPRESSORS),
         "hist": dict(shape=(n, 256), dtype="int32", chunks=(chunk, 256), fill_value=0,
                      dimension_names=("sample", "bin"), **common),
-        **{name: dict(shape=(n,), dtype=dtype, chunks=(chunk,), fill_value=fill,
-                      dimension_names=("sample",), **common)
+        # Arrays written once, at creation, need not follow the task chunks (scan_chunk).
+        **{name: dict(shape=(n,), dtype=dtype, fill_value=fill, dimension_names=("sample",),
+                      chunks=(scan_chunk(chunk) if name in _SCAN_ARRAYS else chunk,), **common)
            for name, (dtype, fill) in {**{k: (v, None) for k, v in _SCAN_ARRAYS.items()},
                                        **RECORD_ARRAYS}.items()},
         "chunk_done": dict(shape=(n_chunks(n, chunk),), dtype="bool", chunks=(1,),
@@ -253,9 +265,14 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
         "path": manifest.path.to_numpy(dtype=object),
         "file_bytes": manifest.bytes.to_numpy(np.int64),
-        "patient_id": manifest.patient_id.fillna("").to_numpy(dtype=object),  # "" unknown
+        "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
+                       else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
     }
+    if findings is not None:
+        _findings_arrays(arrays, scanned, findings, chunk, common)
     sync(_create_arrays(group._async_group, arrays, scanned))
+    if findings is not None:
+        group.attrs["label_kind"] = "multi"
     group.attrs.update({
         **attrs, "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
@@ -264,6 +281,36 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
     # The arrays' metadata never changes after this.
     return _consolidate(group)
+
+
+def scan_chunk(chunk: int) -> int:
+    """Rows per chunk of the arrays written once at creation: ~64k, a multiple of ``chunk``.
+
+    Chunk tasks never write them, so they need not follow the task chunks; one file per
+    64 images would make a million-image store's creation write 100,000 tiny files.
+
+    Examples
+    --------
+    >>> scan_chunk(64), scan_chunk(100_000)
+    (65536, 100000)
+    """
+    return chunk * max(1, 65536 // chunk)
+
+
+def _findings_arrays(arrays: dict[str, dict[str, Any]], data: dict[str, np.ndarray],
+                     findings: pd.DataFrame, chunk: int, common: dict[str, Any]) -> None:
+    """Add the multi-label arrays (``findings`` and its ``finding`` coordinate) to create."""
+    names = [str(c) for c in findings.columns]
+    arrays["findings"] = dict(
+        shape=findings.shape, dtype="int8", chunks=(scan_chunk(chunk), len(names)),
+        fill_value=-2, dimension_names=("sample", "finding"), **common,
+        attributes=dict(flag_values=list(FINDING_FLAGS),
+                        flag_meanings=" ".join(FINDING_FLAGS.values()), findings=names))
+    # A 1-D array named like the dimension: xarray reads it as the finding coordinate.
+    arrays["finding"] = dict(shape=(len(names),), dtype=str, chunks=(len(names),),
+                             dimension_names=("finding",))
+    data["findings"] = findings.to_numpy(np.int8)
+    data["finding"] = np.array(names, dtype=object)
 
 
 async def _create_arrays(group: AsyncGroup, arrays: dict[str, dict[str, Any]],
@@ -378,6 +425,14 @@ def scan_arrays(group: zarr.Group) -> pd.DataFrame:
     """What the scan wrote at creation, to check that a resumed run sees the same files."""
     return pd.DataFrame({"path": group["path"][:], "label": group["labels"][:],
                          "file_bytes": group["file_bytes"][:]})
+
+
+def same_findings(group: zarr.Group, findings: pd.DataFrame | None) -> bool:
+    """Whether the store holds exactly ``findings`` (both None/absent for single-label)."""
+    if findings is None or "findings" not in group:
+        return findings is None and "findings" not in group
+    return (group["findings"].shape == findings.shape
+            and bool((group["findings"][:] == findings.to_numpy(np.int8)).all()))
 
 
 def failures(group: zarr.Group) -> pd.DataFrame:
@@ -537,6 +592,48 @@ class XrayStore:
         return self.group["split"][:]
 
     @property
+    def multilabel(self) -> bool:
+        """Whether the store holds a findings matrix (then ``classes`` are its findings)."""
+        return self.attrs.get("label_kind") == "multi"
+
+    @property
+    def findings(self) -> np.ndarray | None:
+        """(N, C) int8: 1 positive, 0 negative, -1 uncertain, -2 not stated; None if single-label.
+
+        Examples
+        --------
+        >>> ds.findings[:2], ds.classes  # doctest: +SKIP
+        """
+        return self.group["findings"][:] if self.multilabel else None
+
+    def class_membership(self) -> np.ndarray:
+        """(N, C) bool: valid images counted under each class (every positive finding)."""
+        if self.multilabel:
+            return (self.findings == 1) & self.valid[:, None]
+        return (np.where(self.valid, self.labels, -1)[:, None]
+                == np.arange(len(self.classes)))
+
+    def multi_hot(self, uncertain: float = 0.0) -> np.ndarray:
+        """(N, C) float32 targets: 1 positive, ``uncertain`` for -1, 0 otherwise.
+
+        ``uncertain=1.0`` is CheXpert's U-Ones policy, ``0.0`` U-Zeros. A single-label store
+        gives its one-hot labels.
+        """
+        if not self.multilabel:
+            return (self.labels[:, None] == np.arange(len(self.classes))).astype(np.float32)
+        values = self.findings
+        return np.where(values == 1, 1.0, np.where(values == -1, uncertain, 0.0)
+                        ).astype(np.float32)
+
+    def class_names(self) -> np.ndarray:
+        """Class of each sample; for multi-label stores its positive findings as ``A|B``."""
+        if not self.multilabel:
+            return np.asarray(self.classes, dtype=object)[self.labels]
+        from .sources.tables import _joined
+
+        return _joined(self.findings, self.classes)
+
+    @property
     def valid(self) -> np.ndarray:
         return self.group["valid"][:]
 
@@ -586,14 +683,23 @@ class XrayStore:
         frame = pd.DataFrame({
             "path": g["path"][:],
             "split": np.asarray(self.splits, dtype=object)[g["split"][:]],
-            "class_name": np.asarray(self.classes, dtype=object)[g["labels"][:]],
+            "class_name": self.class_names(),
             "label": g["labels"][:],
             "file_bytes": g["file_bytes"][:],
             **{name: g[name][:] for name in RECORD_ARRAYS if name in g},
             "patient_id": self.patient_ids(),
         })
-        hist = g["hist"][:]
-        return qc.add_flags(frame, hist, self.size)
+        return qc.add_flags(frame, None, self.size, moments=self._moments())
+
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-image mean and std: stored, or (stores written before 0.2) from the
+        histograms one chunk at a time, so that the manifest never holds them all."""
+        g = self.group
+        if "mean" in g and "std" in g:
+            return g["mean"][:], g["std"][:]
+        parts = [qc.image_moments(g["hist"][a:b]) for a, b in chunk_bounds(len(self), self.chunk)]
+        return (np.concatenate([m for m, _ in parts]) if parts else np.zeros(0),
+                np.concatenate([s for _, s in parts]) if parts else np.zeros(0))
 
     def patient_ids(self) -> np.ndarray:
         """Each image's patient: the DICOM header's PatientID, else the scan's id, else "".
@@ -627,6 +733,6 @@ class XrayStore:
         ds = ds.assign({name: var.astype(object) for name, var in ds.data_vars.items()
                         if var.dtype.kind == "T"})
         return ds.assign_coords(
-            class_name=("sample", np.asarray(self.classes)[self.labels]),
+            class_name=("sample", self.class_names().astype(str)),
             split_name=("sample", np.asarray(self.splits)[self.split]),
         )

@@ -39,6 +39,11 @@ DTYPES = ("float32", "uint8")
 class XrayDataset(Dataset):
     """Samples ``(image, label)`` of a store, optionally one split, valid images only.
 
+    For a multi-label store (a table with several findings per image) the label is a
+    multi-hot ``float32`` tensor of length ``len(classes)``: 1 positive, ``uncertain`` for
+    the uncertain (-1) findings, 0 for negative and not stated ones (for
+    ``BCEWithLogitsLoss``).
+
     Parameters
     ----------
     out
@@ -55,6 +60,8 @@ class XrayDataset(Dataset):
         Decompressed chunks kept per process (each is ``chunk * size * size`` bytes).
     storage_options
         fsspec options for a remote store.
+    uncertain
+        Multi-label stores: the target of an uncertain finding (0.0 U-Zeros, 1.0 U-Ones).
 
     Attributes
     ----------
@@ -63,7 +70,8 @@ class XrayDataset(Dataset):
     rows : numpy.ndarray
         Store row of each sample (``dataset[i]`` is store image ``rows[i]``).
     targets : numpy.ndarray
-        Label of each sample (int64), e.g. for a ``WeightedRandomSampler``.
+        Label of each sample (int64), e.g. for a ``WeightedRandomSampler``; for a
+        multi-label store the (n, C) float32 multi-hot targets.
 
     Examples
     --------
@@ -78,7 +86,8 @@ class XrayDataset(Dataset):
     def __init__(self, out: str | os.PathLike, split: str | list[str] | None = None, *,
                  valid_only: bool = True, dtype: str = "float32",
                  transform: Callable[[torch.Tensor], Any] | None = None,
-                 cache_chunks: int = 8, storage_options: dict | None = None) -> None:
+                 cache_chunks: int = 8, storage_options: dict | None = None,
+                 uncertain: float = 0.0) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if cache_chunks < 1:
@@ -100,7 +109,9 @@ class XrayDataset(Dataset):
         if valid_only:
             keep &= store.valid
         self.rows = np.flatnonzero(keep)
-        self.targets = store.labels[self.rows].astype(np.int64)
+        self.multilabel = store.multilabel
+        self.targets = (store.multi_hot(uncertain)[self.rows] if self.multilabel
+                        else store.labels[self.rows].astype(np.int64))
         self.dtype, self.transform, self.cache_chunks = dtype, transform, cache_chunks
         self._reset()
 
@@ -118,13 +129,15 @@ class XrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
         row = int(self.rows[index])
         image = torch.from_numpy(self._read_chunk(row // self.chunk)[row % self.chunk])[None]
         # The cached chunk must survive in-place transforms: float conversion copies anyway.
         image = image.float().div_(255) if self.dtype == "float32" else image.clone()
         if self.transform is not None:
             image = self.transform(image)
+        if self.multilabel:
+            return image, torch.from_numpy(self.targets[index])
         return image, int(self.targets[index])
 
     def _read_chunk(self, index: int) -> np.ndarray:
