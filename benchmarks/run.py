@@ -361,8 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="synthetic image scale of the memory sweep (0.1)")
     p.add_argument("--memory-repeat", type=int, default=1)
     p.add_argument("--chunks", default="16,32,64,128", help="chunk sizes of the chunk sweep")
-    p.add_argument("--codecs", default="zstd3,zstd1,blosc-lz4,none",
-                   help="compressors of the codec sweep")
+    p.add_argument("--codecs", default="none,zstd1,zstd3,blosc-lz4",
+                   help="compressors of the images array in the codec sweep")
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     p.add_argument("--tmp", help="folder for the temporary stores (default: system temp)")
     args = p.parse_args(argv)
