@@ -227,7 +227,7 @@ def tuning_specs(sweep: str, args, src: str) -> dict[str, dict]:
 
 
 def memory_sweep(args, out: Path, log=print) -> list[dict]:
-    """Peak RSS of fast ingest and of the tutorial loop on growing synthetic sets."""
+    """Peak RSS of the default ingest and of the tutorial loop on growing synthetic sets."""
     from xraybatch import synth_dataset
 
     sizes = sorted(args.memory_sizes)
@@ -237,7 +237,8 @@ def memory_sweep(args, out: Path, log=print) -> list[dict]:
     rows = []
     for n in sizes:
         folder = big if n == sizes[-1] else _subset(df, big, out / "memory-data" / f"n{n}", n)
-        specs = {"xraybatch fast, threads": {**ingest_spec(args, str(folder), "fast")},
+        specs = {"xraybatch default, threads": {**ingest_spec(args, str(folder), "fast"),
+                                                "interpolation": "auto"},
                  "tutorial loop": base_spec(args, str(folder), "tutorial", workers=1)}
         runs = interleaved(specs, args.memory_repeat, args.timeout, log)
         for name, r in runs.items():
@@ -360,8 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="synthetic image scale of the memory sweep (0.1)")
     p.add_argument("--memory-repeat", type=int, default=1)
     p.add_argument("--chunks", default="16,32,64,128", help="chunk sizes of the chunk sweep")
-    p.add_argument("--codecs", default="zstd3,zstd1,blosc-lz4,none",
-                   help="compressors of the codec sweep")
+    p.add_argument("--codecs", default="none,zstd1,zstd3,blosc-lz4",
+                   help="compressors of the images array in the codec sweep")
     p.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
     p.add_argument("--tmp", help="folder for the temporary stores (default: system temp)")
     args = p.parse_args(argv)

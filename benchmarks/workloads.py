@@ -186,7 +186,7 @@ WRITERS = {"product": _write_product, "empty-check": _write_checked, "gather": _
 
 
 def _codec(name: str):
-    """A compressor for the tuning sweep (``store.create`` builds ``ZstdCodec(level=...)``)."""
+    """A compressor for the tuning sweeps, as a function of a level (unused by most)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
     if name == "none":
@@ -209,7 +209,7 @@ class _Instrument:
     def __enter__(self) -> _Instrument:
         self.saved = {name: getattr(ingest_mod, name) for name in
                       ("build_tasks", "compute", "run_chunk", "scan")}
-        self.saved_codec = store.ZstdCodec
+        self.saved_codec = store.IMAGES_COMPRESSORS
         spec, saved = self.spec, self.saved
 
         def build_tasks(ref, root, paths, chunks, chunk, **params):
@@ -237,14 +237,14 @@ class _Instrument:
         ingest_mod.build_tasks, ingest_mod.compute, ingest_mod.scan = build_tasks, compute, scan
         ingest_mod.run_chunk = functools.partial(timed_run_chunk, cv_threads=spec.get(
             "cv_threads"), writer=spec.get("writer"))
-        if spec.get("codec"):
-            store.ZstdCodec = _codec(spec["codec"])
+        if spec.get("codec"):  # the pixels' codec (the other arrays keep Zstd 1)
+            store.IMAGES_COMPRESSORS = _codec(spec["codec"])(1)
         return self
 
     def __exit__(self, *exc) -> None:
         for name, value in self.saved.items():
             setattr(ingest_mod, name, value)
-        store.ZstdCodec = self.saved_codec
+        store.IMAGES_COMPRESSORS = self.saved_codec
 
 
 def _schedule(reports: list[TimedReport], workers: int, window: tuple[float, float],

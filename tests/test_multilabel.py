@@ -123,7 +123,9 @@ def test_xarray_reads_findings_without_xraybatch(chexpert) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 def test_torch_multi_hot(chexpert) -> None:
     _, ds = chexpert
-    data = ds.to_torch(uncertain=1.0)
+    from xraybatch.torch_dataset import XrayDataset
+
+    data = XrayDataset(ds.ref.url, uncertain=1.0)
     image, target = data[3]
     assert tuple(image.shape) == (1, SIZE, SIZE)
     assert target.tolist() == ds.multi_hot(1.0)[3].tolist()

@@ -146,3 +146,17 @@ def test_8bit_png_ignores_the_window_option() -> None:
         np.testing.assert_array_equal(out.image, cv2.resize(image, (32, 32),
                                                             interpolation=cv2.INTER_AREA))
         assert out.meta == {}
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".pgm"])
+def test_8bit_tiff_and_pgm_are_decoded_as_cv2_imread(suffix: str) -> None:
+    """These formats are decoded at their own depth; at 8 bits that is imread's result."""
+    rng = np.random.default_rng(2)
+    shapes = [(60, 50)] if suffix == ".pgm" else [(60, 50), (60, 50, 3)]
+    for shape in shapes:
+        data = cv2.imencode(suffix, rng.integers(0, 256, shape, dtype=np.uint8))[1].tobytes()
+        reference = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        out = decode.process(data, 32, "area", "exact", window="percentile")
+        np.testing.assert_array_equal(out.image, cv2.resize(reference, (32, 32),
+                                                            interpolation=cv2.INTER_AREA))
+        assert out.header.bitdepth == 8 and out.meta == {}

@@ -22,7 +22,7 @@ import zarr
 from corpus import assert_same_store, chunks_done, open_group, wait_until
 
 import xraybatch
-from xraybatch import cli, store
+from xraybatch import cli, lock, store
 from xraybatch.store import StoreError, StoreRef
 
 pytestmark = pytest.mark.slow
@@ -255,10 +255,10 @@ def test_second_writer_is_refused_while_the_lock_is_held(client, synth_small, re
 
 def test_lock_is_exclusive_and_released(tmp_path):
     ref = StoreRef(str(tmp_path / "out.zarr"))
-    with (store.locked(ref), pytest.raises(StoreError, match=r"is being written by pid \d+"),
-          store.locked(ref)):
+    with (lock.locked(ref), pytest.raises(StoreError, match=r"is being written by pid \d+"),
+          lock.locked(ref)):
         pass
-    with store.locked(ref):  # released, and a new holder gets it
+    with lock.locked(ref):  # released, and a new holder gets it
         assert (tmp_path / "out.zarr" / store.LOCK_NAME).exists()
     assert not (tmp_path / "out.zarr" / store.LOCK_NAME).exists()
 

@@ -28,7 +28,7 @@ import pandas as pd
 import zarr
 from dask.delayed import Delayed
 
-from . import decode, qc, store
+from . import decode, lock, qc, store
 from .options import (
     DEFAULT_CHUNK,
     DEFAULT_INTERPOLATION,
@@ -356,7 +356,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
              "skipped": found.skipped.head(1000).values.tolist()}
     store.check_target(ref, overwrite, resume)  # before the lock file touches OUT
     # Connect before the store is created, so an unreachable cluster leaves OUT untouched.
-    with connected(scheduler) as target, store.locked(ref):
+    with connected(scheduler) as target, lock.locked(ref):
         group = _resume(ref, found, {**attrs, "size": size}) if resume else None
         created = group is None
         if created:  # a new store, or a resumed one whose creation was interrupted

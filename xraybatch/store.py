@@ -39,15 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
-import fcntl
 import json
 import os
 import shutil
-import socket
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -59,6 +54,8 @@ from zarr.core.sync import sync
 from zarr.errors import ZarrUserWarning
 
 from . import __version__, qc
+from .location import StoreError, StoreRef
+from .lock import LOCK_NAME, busy, writer
 
 #: Arrays written once, at creation, from the scan.
 _SCAN_ARRAYS = {"labels": "int16", "split": "int8", "path": str, "file_bytes": "int64",
@@ -82,65 +79,6 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
 FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
 #: Compressors of the ``images`` array: none (see :func:`create`).
 IMAGES_COMPRESSORS = None
-LOCK_NAME = ".xraybatch.lock"
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be created, resumed or read as asked (reported in one line)."""
-
-
-@dataclass(frozen=True)
-class StoreRef:
-    """Where a store lives: a local path or an fsspec URL, plus its storage options.
-
-    It is small and picklable, so chunk tasks on any worker can open the store themselves.
-    """
-
-    url: str
-    storage_options: dict = field(default_factory=dict)
-
-    @property
-    def is_local(self) -> bool:
-        return "://" not in self.url or self.url.startswith("file://")
-
-    @property
-    def local_path(self) -> str:
-        return self.url.removeprefix("file://")
-
-    def open(self, mode: str = "r", **kwargs: Any) -> zarr.Group:
-        """The root group; ``kwargs`` go to ``zarr.open_group`` (e.g. ``attributes``)."""
-        if self.is_local:
-            return zarr.open_group(self.local_path, mode=mode, zarr_format=3, **kwargs)
-        self._check_backend()
-        return zarr.open_group(self.url, mode=mode, zarr_format=3,
-                               storage_options=self.storage_options or None, **kwargs)
-
-    def fs(self):
-        """The fsspec filesystem and path of a remote store."""
-        import fsspec
-
-        self._check_backend()
-        return fsspec.core.url_to_fs(self.url, **self.storage_options)
-
-    def _check_backend(self) -> None:
-        """Name what to install when fsspec has no backend for the URL's protocol."""
-        import fsspec
-
-        protocol = self.url.split("://", 1)[0]
-        try:
-            fsspec.get_filesystem_class(protocol)
-        except ImportError as e:
-            hint = ("s3fs: pip install 'xraybatch[s3]'" if protocol in ("s3", "s3a")
-                    else f"an fsspec backend ({e})")
-            raise ImportError(f"{protocol}:// stores need {hint}") from None
-        except ValueError:
-            raise StoreError(f"unknown storage protocol {protocol}:// in {self.url}") from None
-
-    def exists(self) -> bool:
-        if self.is_local:
-            return os.path.exists(self.local_path)
-        fs, path = self.fs()
-        return fs.exists(f"{path}/zarr.json")
 
 
 def n_chunks(n: int, chunk: int) -> int:
@@ -202,7 +140,7 @@ def check_target(ref: StoreRef, overwrite: bool = False, resume: bool = False) -
         return
     holder = writer(ref)
     if holder:  # name the running ingest rather than say "already exists"
-        raise _busy(ref.url, holder)
+        raise busy(ref.url, holder)
     _check_replaceable(ref, overwrite)
 
 
@@ -443,77 +381,6 @@ def failures(group: zarr.Group) -> pd.DataFrame:
                          "message": group["message"][:][bad]})
 
 
-# --- locking --------------------------------------------------------------------------------
-
-
-@contextmanager
-def locked(ref: StoreRef) -> Iterator[None]:
-    """Hold the store's writer lock; a second writer is refused at once.
-
-    Local stores use ``flock`` on a file inside the store, which the kernel releases when
-    the holder dies, so a killed run never leaves a stale lock behind.
-    """
-    if not ref.is_local:  # object stores have no locks; concurrent writers are the user's call
-        yield
-        return
-    os.makedirs(ref.local_path, exist_ok=True)
-    path = os.path.join(ref.local_path, LOCK_NAME)
-    fd = _lock_file(path, ref.url)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        try:
-            yield
-        finally:  # leave no foreign file in the store (zarr would warn about it)
-            os.unlink(path)
-    finally:
-        os.close(fd)
-
-
-def writer(ref: StoreRef) -> str | None:
-    """Who holds the writer lock of a local store ("pid N on HOST"), or None."""
-    if not ref.is_local:
-        return None
-    try:
-        fd = os.open(os.path.join(ref.local_path, LOCK_NAME), os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    except BlockingIOError:
-        return _holder(fd)
-    finally:
-        os.close(fd)
-
-
-def _holder(fd: int) -> str:
-    return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-
-
-def _busy(url: str, holder: str) -> StoreError:
-    return StoreError(f"{url} is being written by {holder}; wait for that ingest to finish")
-
-
-def _lock_file(path: str, url: str) -> int:
-    """Open and flock the lock file; the descriptor of the locked file."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            os.close(fd)
-            raise _busy(url, holder) from None
-        try:  # the holder we waited on may have unlinked the file: then lock the new one
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
 # --- reading --------------------------------------------------------------------------------
 
 
@@ -662,19 +529,6 @@ class XrayStore:
         if isinstance(rows, slice):
             return images[rows]
         return images.get_orthogonal_selection((np.asarray(rows), slice(None), slice(None)))
-
-    def to_torch(self, split: str | list[str] | None = None, **kwargs: Any):
-        """A PyTorch ``Dataset`` of this store (see :class:`xraybatch.torch_dataset.XrayDataset`).
-
-        Examples
-        --------
-        >>> train = xraybatch.open("xray.zarr").to_torch(split="train")  # doctest: +SKIP
-        >>> image, label = train[0]  # (1, size, size) float32 in [0, 1], int  # doctest: +SKIP
-        """
-        from .torch_dataset import XrayDataset
-
-        return XrayDataset(self.ref.url, split, storage_options=self.ref.storage_options,
-                           **kwargs)
 
     @property
     def manifest(self) -> pd.DataFrame:
