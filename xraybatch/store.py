@@ -321,11 +321,32 @@ def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
 
     Writing whole chunks only makes the write idempotent: a retried or resumed task
     rewrites the same bytes, and concurrent tasks never share a chunk. All the arrays are
-    written concurrently in one trip through zarr's event loop: one by one, the ~13 small
-    writes of a chunk cost more than its pixels (benchmarks/README.md, "write").
+    written concurrently in one trip through zarr's event loop: one by one, the small
+    writes of a chunk cost more than its pixels (benchmarks/README.md, "write"). Record
+    chunks that hold only their fill value are not written at all (:func:`_all_fill`).
     """
-    values = {"images": images, "hist": hist, **{n: records[n] for n in RECORD_ARRAYS}}
+    values = {"images": images, "hist": hist,
+              **{n: records[n] for n, (_, fill) in RECORD_ARRAYS.items()
+                 if not _all_fill(records[n], fill)}}
     sync(_write_chunk(group._async_group, index, slice(start, start + len(images)), values))
+
+
+def _all_fill(values: np.ndarray, fill: Any) -> bool:
+    """Whether a record chunk holds only its array's fill value, so need not be written.
+
+    Most per-image facts are empty for most sources (the DICOM header columns of a JPEG
+    set, ``damaged``): an unwritten chunk reads back as the fill value, and each array
+    written costs ~1.5 ms of zarr's per-call overhead per chunk. A retried or resumed
+    chunk computes the same values, so it skips the same arrays.
+
+    Examples
+    --------
+    >>> _all_fill(np.array(["", ""], dtype=object), ""), _all_fill(np.array([0.0, np.nan]), np.nan)
+    (True, False)
+    """
+    if isinstance(fill, float) and np.isnan(fill):
+        return bool(np.isnan(values).all())
+    return bool((values == fill).all())
 
 
 async def _write_chunk(group: AsyncGroup, index: int, region: slice,
