@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nxraybatch {args.command}: interrupted{_resume_hint(args, argv)}",
               file=sys.stderr)
+        if argv is None:  # the command itself: leave now, as a kill would (the store is
+            sys.stdout.flush()  # kill-safe), before zarr's event-loop thread and Dask's
+            sys.stderr.flush()  # workers print their interrupted tasks at interpreter exit
+            os._exit(130)
         return 130
 
 
