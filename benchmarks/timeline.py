@@ -24,6 +24,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from workloads import system_busy  # a sibling script: benchmarks/ is on sys.path
+
 import xraybatch
 from xraybatch import decode, store
 
@@ -48,17 +50,21 @@ class _CpuSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             t = os.times()
-            self.samples.append((time.perf_counter(), t.user + t.system, _machine_busy()))
+            self.samples.append((time.perf_counter(), t.user + t.system, system_busy()))
             self.stop.wait(self.interval)
 
 
-def _machine_busy() -> float:
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]
-    except OSError:
-        return 0.0
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+def _timed(record):
+    """Wrap a function so that every call ends with ``record(start, end, args)``."""
+    def wrap(fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                record(t0, time.perf_counter(), args)
+        return timed
+    return wrap
 
 
 class Timeline:
@@ -78,40 +84,20 @@ class Timeline:
         setattr(module, name, wrapper(original))
 
     def _stage(self, stage: str):
-        def wrap(fn):
-            def timed(*args, **kwargs):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    dt = time.perf_counter() - t0
-                    with self.lock:
-                        self.stage[stage] += dt
-                        self.calls[stage] += 1
-            return timed
-        return wrap
+        def record(t0: float, t1: float, args: tuple) -> None:
+            with self.lock:
+                self.stage[stage] += t1 - t0
+                self.calls[stage] += 1
+        return _timed(record)
 
     def _phase(self, phase: str):
-        def wrap(fn):
-            def timed(*args, **kwargs):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    self.phases.append((phase, t0, time.perf_counter()))
-            return timed
-        return wrap
+        return _timed(lambda t0, t1, args: self.phases.append((phase, t0, t1)))
 
     def _task(self, fn):
-        def timed(task):
-            t0 = time.perf_counter()
-            try:
-                return fn(task)
-            finally:
-                with self.lock:
-                    self.tasks.append((task.index, t0, time.perf_counter(),
-                                       threading.get_ident()))
-        return timed
+        def record(t0: float, t1: float, args: tuple) -> None:
+            with self.lock:
+                self.tasks.append((args[0].index, t0, t1, threading.get_ident()))
+        return _timed(record)(fn)
 
     def __enter__(self) -> Timeline:
         for stage, name in STAGES.items():
