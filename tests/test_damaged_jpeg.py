@@ -9,7 +9,7 @@ import pytest
 
 import xraybatch
 from xraybatch import decode
-from xraybatch.synth import synth_image
+from xraybatch.phantom import synth_image
 
 
 @pytest.fixture(scope="module")

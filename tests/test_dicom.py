@@ -15,7 +15,7 @@ import zarr
 
 import xraybatch
 from xraybatch import decode
-from xraybatch.synth import synth_image
+from xraybatch.phantom import synth_image
 from xraybatch.synth_dicom import to_dicom
 
 SIZE = 128

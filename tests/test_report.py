@@ -15,7 +15,7 @@ import pytest
 import zarr
 
 import xraybatch
-from xraybatch import cli, report
+from xraybatch import cli, figures, report
 
 pytest.importorskip("matplotlib", reason="the report needs matplotlib (the plot extra)")
 
@@ -99,7 +99,7 @@ def test_manifest_csv_is_the_stores_manifest(store: xraybatch.XrayStore,
 
 
 def test_class_means_match_numpy(store: xraybatch.XrayStore) -> None:
-    means, counts = report.class_means(store)
+    means, counts = figures.class_means(store)
     images, labels, valid = store.read_images(slice(None)), store.labels, store.valid
     for k in range(len(store.classes)):
         chosen = images[valid & (labels == k)]
@@ -117,7 +117,7 @@ def test_class_without_valid_images(tmp_path: Path) -> None:
         else:
             path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     xraybatch.ingest(tmp_path / "src", tmp_path / "x.zarr", size=32, scheduler="sync")
-    means, counts = report.class_means(xraybatch.open(str(tmp_path / "x.zarr")))
+    means, counts = figures.class_means(xraybatch.open(str(tmp_path / "x.zarr")))
     assert counts.tolist() == [2, 0] and np.isnan(means[1]).all()
     result = report.write_report(tmp_path / "x.zarr", tmp_path / "rep")
     assert result.n_failed == 1
@@ -127,10 +127,10 @@ def test_class_without_valid_images(tmp_path: Path) -> None:
 
 def test_samples_are_seeded_and_valid(store: xraybatch.XrayStore) -> None:
     manifest = store.manifest
-    rows = report.pick_samples(manifest, seed=3)
+    rows = figures.pick_samples(manifest, seed=3)
     assert len(set(rows.tolist())) == 9 and manifest.valid[rows].all()
-    assert (report.pick_samples(manifest, seed=3) == rows).all()
-    assert set(report.pick_samples(manifest, seed=4).tolist()) != set(rows.tolist())
+    assert (figures.pick_samples(manifest, seed=3) == rows).all()
+    assert set(figures.pick_samples(manifest, seed=4).tolist()) != set(rows.tolist())
 
 
 def test_existing_folder_is_not_overwritten_unasked(store: xraybatch.XrayStore,

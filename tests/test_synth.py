@@ -1,4 +1,5 @@
-"""synth.py: determinism, Kermany layout and names, quirks, overwrite safety, calibrated sizes."""
+"""synth.py and phantom.py: determinism, Kermany layout and names, quirks, overwrite safety,
+calibrated sizes."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xraybatch import synth
-from xraybatch.synth import MARKER, synth_dataset, synth_image
+from xraybatch import phantom, synth
+from xraybatch.phantom import synth_image
+from xraybatch.synth import MARKER, synth_dataset
 
 COLUMNS = ["path", "split", "kind", "height", "width", "channels", "progressive", "bytes"]
 NAME_KIND = [
@@ -56,7 +58,7 @@ def ds200(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]
 # ---------------------------------------------------------------------------- synth_image
 
 
-@pytest.mark.parametrize("kind", synth.KINDS)
+@pytest.mark.parametrize("kind", phantom.KINDS)
 def test_synth_image_is_pure_and_shaped(kind: str) -> None:
     a = synth_image(np.random.default_rng(5), 300, 410, kind)
     b = synth_image(np.random.default_rng(5), 300, 410, kind)
@@ -68,7 +70,7 @@ def test_synth_image_is_pure_and_shaped(kind: str) -> None:
 
 
 def test_synth_image_kinds_differ_and_validate() -> None:
-    imgs = {k: synth_image(np.random.default_rng(0), 200, 240, k) for k in synth.KINDS}
+    imgs = {k: synth_image(np.random.default_rng(0), 200, 240, k) for k in phantom.KINDS}
     assert not np.array_equal(imgs["NORMAL"], imgs["BACTERIA"])
     assert not np.array_equal(imgs["BACTERIA"], imgs["VIRUS"])
     with pytest.raises(ValueError, match="kind"):
@@ -245,6 +247,7 @@ def test_full_scale_dataset_bytes_per_pixel(tmp_path: Path) -> None:
     assert (df[df.kind == "NORMAL"].width >= 1000).all()
 
 
-def test_docstring_examples() -> None:
-    result = doctest.testmod(synth, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [phantom, synth])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0

@@ -1,7 +1,7 @@
 """Synthetic DICOM chest X-ray trees, for the tests, the benchmarks and the demo.
 
 :func:`synth_dicom` writes ``out/{train,val,test}/{NORMAL,PNEUMONIA}/*.dcm`` with the drawings
-of :func:`xraybatch.synth.synth_image`, in the encodings hospital exports use: JPEG baseline
+of :func:`xraybatch.phantom.synth_image`, in the encodings hospital exports use: JPEG baseline
 encapsulated (8-bit) and uncompressed 12- and 16-bit, MONOCHROME2 and MONOCHROME1, with and
 without a window in the header, and patients with one to three images each, a few of whom
 (``leaked``) are planted in two splits. :func:`to_dicom` builds one file's bytes.
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import synth
+from .phantom import KINDS, synth_image
 from .readers import jpeg as jpeg_reader
 from .readers.dicom import INSTALL_HINT, JPEG_BASELINE
 
@@ -164,7 +165,7 @@ def synth_dicom(out: str | os.PathLike, n: int = 60, seed: int = 0, *, scale: fl
     rng = np.random.default_rng(seed)
     splits, kinds = [], []
     for split, size in zip(synth.SPLITS, synth._split_counts(n), strict=True):
-        for kind, count in zip(synth.KINDS, synth._kind_counts(size), strict=True):
+        for kind, count in zip(KINDS, synth._kind_counts(size), strict=True):
             splits += [split] * count
             kinds += [kind] * count
     patients = _patients(splits, rng, leaked)
@@ -172,7 +173,7 @@ def synth_dicom(out: str | os.PathLike, n: int = 60, seed: int = 0, *, scale: fl
     for i, (split, kind, patient) in enumerate(zip(splits, kinds, patients, strict=True)):
         h, w = (max(synth._MIN_SIDE, round(side * scale))
                 for side in synth._size(rng, kind, False))
-        image = synth.synth_image(rng, h, w, kind)
+        image = synth_image(rng, h, w, kind)
         encoding, with_window = ENCODINGS[i % len(ENCODINGS)], bool(i // len(ENCODINGS) % 2)
         data = encode(image, encoding, with_window, patient_id=patient,
                       sex="MF"[i % 2], age=f"{30 + i % 50:03d}Y",

@@ -1,0 +1,252 @@
+"""The commands of :mod:`.cli`: one function per subcommand, run on the parsed arguments.
+
+:func:`.cli.main` imports this module only once the arguments are parsed, so ``--help`` and
+usage errors never load it; each command imports the heavy modules it uses itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .ingest import IngestResult
+
+#: Exit status of ``ingest --strict`` when a file failed and of ``stats`` on an incomplete
+#: store or, with ``--strict``, on patient leakage.
+EXIT_FAILED_FILES = 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .figures import require_matplotlib
+    from .ingest import ingest
+    from .report import first_source_image, write_report
+    from .store import StoreRef, XrayStore, check_target
+    from .synth import synth_dataset
+
+    root = Path(args.dir)
+    src, out, report = root / "chest_xray", root / "xray.zarr", root / "report"
+    # Both steps refuse what they did not write themselves; check the store before synth.
+    check_target(StoreRef(str(out)), overwrite=args.overwrite)
+    print(f"1/4 synth: writing {args.n} synthetic X-rays to {src}")
+    synth_dataset(src, n=args.n, seed=0, overwrite=args.overwrite)
+    print(f"2/4 ingest: {src} -> {out}")
+    result = ingest(src, out, labels="kermany3", progress=True, overwrite=args.overwrite)
+    _print_summary(result)
+    print("3/4 stats:")
+    ds = XrayStore(str(out))
+    _print_stats(ds.stats(), "split")
+    try:
+        require_matplotlib()
+    except ImportError as e:  # the statistics are done; the figures are optional
+        print(f"4/4 report: skipped, {e}")
+        report = None
+    else:
+        print(f"4/4 report: figures and index.html in {report}")
+        written = write_report(ds, report, overwrite=args.overwrite, inspect=first_source_image(ds))
+        print(f"wrote {len(written.files) - 2} figures, manifest.csv and index.html")
+        print(f"\nopen the report in a browser:\n  {written.index.resolve().as_uri()}")
+    print("\nthen try it on your own folder of X-rays (SRC/CLASS/*.jpeg, or "
+          "SRC/{train,val,test}/CLASS/*.jpeg):")
+    program, python = _invocation()
+    commands = [
+        (f"{program} ingest SRC xray.zarr", "labels = folder names; --labels kermany3|FILE.csv"),
+        (f"{program} stats xray.zarr --by split", "exact statistics per split and class"),
+        (f"{program} report xray.zarr --out xray-report", "these figures for your data"
+         + ("" if report else ", needs xraybatch[plot]")),
+        (f"{python} benchmarks/run.py SRC", "loader speed here (in the repository, '.[bench]')")]
+    width = max(len(command) for command, _ in commands)
+    for command, note in commands:
+        print(f"  {command:<{width}}  # {note}")
+    return 0
+
+
+def _invocation() -> tuple[str, str]:
+    """This ``xraybatch`` and its Python as the user can type them again: the bare names when
+    the shell finds these very files, else their paths (``.venv/bin/xraybatch``)."""
+    def typed(path: str, name: str) -> str:
+        found = shutil.which(name)
+        if found and os.path.abspath(found) == os.path.abspath(path):
+            return name
+        relative = os.path.relpath(path)
+        return os.path.abspath(path) if relative.startswith("..") else relative
+
+    python = typed(sys.executable, "python")
+    script = sys.argv[0]
+    if os.path.basename(script) == "xraybatch":
+        return typed(script, "xraybatch"), python
+    return f"{python} -m xraybatch", python  # python -m xraybatch, or main() called from Python
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    if args.format == "dicom":
+        from .synth_dicom import synth_dicom as synth_dataset
+    else:
+        from .synth import synth_dataset
+    extra = {"leaked": args.leaked} if args.format == "dicom" else {}
+    frame = synth_dataset(args.out, n=args.n, seed=args.seed, scale=args.scale,
+                          overwrite=args.overwrite, **extra)
+    print(f"wrote {len(frame)} images ({frame.bytes.sum() / 1e6:.1f} MB) to {args.out}")
+    print(frame.groupby(["split", "kind"]).size().unstack(fill_value=0).to_string())
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from .ingest import ingest
+
+    result = ingest(args.src, args.out, size=args.size, labels=args.labels,
+                    interpolation=args.interpolation, decode_mode=args.decode, chunk=args.chunk,
+                    scheduler=args.scheduler, workers=args.workers, overwrite=args.overwrite,
+                    resume=args.resume, progress=not args.quiet, max_pixels=args.max_pixels,
+                    storage_options=dict(args.storage_option), window=args.window,
+                    fit=args.fit, patient_id=args.patient_id, files=args.files,
+                    table_preset=args.table_preset, columns=_columns(args))
+    _print_summary(result)
+    print(f"next: {_next_commands(args.out)}")
+    return EXIT_FAILED_FILES if args.strict and len(result.failures) else 0
+
+
+def _columns(args: argparse.Namespace) -> dict[str, Any]:
+    """The table column options that were given (they replace the preset's)."""
+    given = {"path": args.path_column, "label": args.label_column,
+             "labels": args.labels_column, "sep": args.label_sep,
+             "findings": args.finding_columns, "split": args.split_column,
+             "patient": args.patient_column}
+    return {k: v for k, v in given.items() if v}
+
+
+def _print_summary(result: IngestResult) -> None:
+    if result.chunks_run == 0:
+        print(f"{result.out} already had all {result.chunks_total} chunks: nothing to write; "
+              f"{result.n_stored} of {result.n_images} images stored")
+    else:
+        resumed = (f" (resumed: {result.chunks_run} of {result.chunks_total} chunks written now)"
+                   if result.chunks_run < result.chunks_total else "")
+        print(f"stored {result.n_stored} of {result.n_images} images in {result.out} in "
+              f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s){resumed}")
+    if len(result.skipped):
+        reasons = result.skipped.reason.value_counts().to_dict()
+        print(f"skipped {len(result.skipped)} files that are not labelled images: {reasons}")
+    if len(result.failures):
+        print(f"failed {len(result.failures)} files:")
+        for row in result.failures.head(50).itertuples():
+            print(f"  {row.status:<13} {row.path}: {row.message}")
+        if len(result.failures) > 50:
+            print(f"  ... and {len(result.failures) - 50} more (see the store's manifest)")
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from .store import XrayStore
+
+    ds = XrayStore(args.out, dict(args.storage_option))
+    if not ds.complete:
+        done, total = ds.progress
+        print(f"xraybatch stats: {args.out} is INCOMPLETE: {done} of {total} chunks written "
+              f"({ds.attrs.get('n_images')} images); finish it with "
+              f"'xraybatch ingest SRC {args.out} --resume'", file=sys.stderr)
+        return EXIT_FAILED_FILES
+    stats = ds.stats()
+    if args.json:
+        print(json.dumps(stats, indent=1))
+    else:
+        _print_stats(stats, args.by)
+    leaked = stats["patients"]["in_several_splits"]
+    if args.strict and leaked["count"]:
+        print(f"xraybatch stats: patient leakage: {leaked['count']} patients in more than one "
+              f"split ({', '.join(leaked['ids'][:20])})", file=sys.stderr)
+        return EXIT_FAILED_FILES
+    return 0
+
+
+def _print_stats(stats: dict, by: str) -> None:
+    import pandas as pd
+
+    from .patients import describe as describe_patients
+    from .stats import table as stats_table
+
+    named = {"all": stats["global"]}
+    if by == "class":
+        named |= stats["per_class"]
+    else:
+        named |= {f"{sp}/{c}": s for sp, per in stats["per_split_class"].items()
+                  for c, s in per.items()}
+    rows = stats_table(named)
+    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 120):
+        print(rows.to_string(index=False))
+    weights = ", ".join(f"{c} {w:.4f}" for c, w in stats["class_weights"].items())
+    ratio = stats["imbalance_ratio"]
+    ratio = "n/a (no valid image)" if ratio is None else f"{ratio:.2f}"
+    print(f"images {stats['images']} (valid {stats['valid']}, failed {stats['failed']}); "
+          f"imbalance ratio {ratio}; class weights {weights}")
+    print("\n".join(describe_patients(stats["patients"])))
+
+
+def inspect_image(path: str | os.PathLike, storage_options: dict | None = None) -> dict:
+    """The tutorial's single-image numbers for one file (or URL), read as 8-bit grayscale."""
+    from . import decode
+    from .sources.remote import source_options
+
+    with source_options(storage_options):
+        data = decode.read_bytes(path)
+    image = decode.decode_gray(data, decode.read_header(data))
+    return {"path": str(path), "height": image.shape[0], "width": image.shape[1],
+            "max": int(image.max()), "min": int(image.min()),
+            "mean": round(float(image.mean()), 4), "std": round(float(image.std()), 4),
+            "hist": decode.histogram(image).tolist()}
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    info = inspect_image(args.image, dict(args.storage_option))
+    if args.plot:
+        from .figures import plot_inspect
+
+        plot_inspect(args.image, args.plot, overwrite=args.overwrite,
+                     storage_options=dict(args.storage_option))
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    for key in ("path", "height", "width", "max", "min"):
+        print(f"{key:>6}: {info[key]}")
+    print(f"  mean: {info['mean']:.4f}\n   std: {info['std']:.4f}")
+    print("histogram (256 bins, 16 per row):")
+    hist = np.asarray(info["hist"]).reshape(16, 16)
+    for row, counts in enumerate(hist):
+        print(f"  {row * 16:>3}-{row * 16 + 15:<3} " + " ".join(f"{c:>6}" for c in counts))
+    if args.plot:
+        print(f"image and histogram drawn in {args.plot}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import FIGURES, write_report
+
+    result = write_report(args.out, args.dir, seed=args.seed, overwrite=args.overwrite,
+                          storage_options=dict(args.storage_option))
+    print(f"wrote {result.index} and {len(FIGURES)} figures: {result.n_images} images, "
+          f"{result.n_failed} failed, {result.n_flagged} with QC flags")
+    print(f"open in a browser: {result.index.resolve().as_uri()}")
+    print(f"next: ds = xraybatch.open({args.out!r}) in Python, to analyse or train on the "
+          "store (README: \"Reading a store for analysis and training\")")
+    return 0
+
+
+def _next_commands(out: str) -> str:
+    """What to run on a store just written: its statistics, then its report."""
+    report = out.rstrip("/").rsplit("/", 1)[-1] if "://" in out else out.rstrip("/")
+    report = (report[:-5] if report.endswith(".zarr") else report) + "-report"
+    program = _invocation()[0]
+    return (f"{program} stats {shlex.quote(out)} --by split, then {program} report "
+            f"{shlex.quote(out)} --out {shlex.quote(report)} (figures and index.html)")
+
+
+#: Subcommand name -> its implementation, called with the parsed arguments.
+COMMANDS = {"demo": _cmd_demo, "synth": _cmd_synth, "ingest": _cmd_ingest,
+            "stats": _cmd_stats, "inspect": _cmd_inspect, "report": _cmd_report}
