@@ -96,8 +96,6 @@ class Record:
     voi_center: float = math.nan
     voi_width: float = math.nan
     voi_function: str = ""
-    mean: float = 0.0  # of the stored image's pixels (set by the chunk task); 0 if invalid
-    std: float = 0.0
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:

@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -28,7 +28,7 @@ import pandas as pd
 import zarr
 from dask.delayed import Delayed
 
-from . import decode, lock, qc, store
+from . import decode, lock, store
 from .options import (
     DEFAULT_CHUNK,
     DEFAULT_INTERPOLATION,
@@ -121,13 +121,11 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
         if image is not None:
             images[i] = image
             hist[i] = decode.histogram(image)
-            mean, std = qc.image_moments(hist[i:i + 1])  # stored: QC needs no histograms
-            records[i] = replace(record, mean=float(mean[0]), std=float(std[0]))
     failures = tuple((task.start + i, r.status, r.message)
                      for i, r in enumerate(records) if not r.valid)
     report = ChunkReport(task.index, n, failures, sum(r.nbytes for r in records),
                          time.perf_counter() - t0)
-    return images, hist, store.record_arrays(records), report
+    return images, hist, store.record_arrays(records, hist), report
 
 
 def run_chunk(task: ChunkTask) -> ChunkReport:

@@ -49,9 +49,12 @@ import numpy as np
 import pandas as pd
 import zarr
 from zarr import AsyncArray, AsyncGroup
+from zarr.abc.codec import ArrayArrayCodec, SupportsSyncCodec
 from zarr.codecs import ZstdCodec
+from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.errors import ZarrUserWarning
+from zarr.storage import StorePath
 
 from . import __version__, qc
 from .location import StoreError, StoreRef
@@ -75,6 +78,8 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "voi_function": (str, ""),
     "mean": ("float64", 0.0), "std": ("float64", 0.0),
 }
+#: Record arrays computed from the histograms (:func:`record_arrays`).
+_MOMENTS = ("mean", "std")
 #: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
 FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
 #: Compressors of the ``images`` array: none (see :func:`create`).
@@ -209,10 +214,10 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     if findings is not None:
         _findings_arrays(arrays, scanned, findings, chunk, common)
     sync(_create_arrays(group._async_group, arrays, scanned))
-    if findings is not None:
-        group.attrs["label_kind"] = "multi"
-    group.attrs.update({
-        **attrs, "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
+    # One write of zarr.json (attrs.update would rewrite it once per key).
+    group.update_attributes({
+        **attrs, **({"label_kind": "multi"} if findings is not None else {}),
+        "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
@@ -285,11 +290,21 @@ def _is_empty(ref: StoreRef) -> bool:
     return False
 
 
-def record_arrays(records: list) -> dict[str, np.ndarray]:
-    """Per-image :class:`xraybatch.decode.Record` objects -> the store's per-image arrays."""
-    return {name: np.array([getattr(r, name) for r in records],
-                           dtype=object if dtype is str else dtype)
-            for name, (dtype, _) in RECORD_ARRAYS.items()}
+def record_arrays(records: list, hist: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-image :class:`xraybatch.decode.Record` objects and histograms -> the store's
+    per-image arrays.
+
+    ``mean`` and ``std`` come from the histograms (0 where invalid), so that QC reads no
+    histograms. Their sums are of integers below 2**53, hence exact in any order: the same
+    values for a chunk as image by image.
+    """
+    arrays = {name: np.array([getattr(r, name) for r in records],
+                             dtype=object if dtype is str else dtype)
+              for name, (dtype, _) in RECORD_ARRAYS.items() if name not in _MOMENTS}
+    valid = arrays["valid"]
+    mean, std = np.zeros(len(records)), np.zeros(len(records))
+    mean[valid], std[valid] = qc.image_moments(hist[valid])
+    return {**arrays, "mean": mean, "std": std}
 
 
 _OPENED: dict[tuple, zarr.Group] = {}
@@ -320,15 +335,82 @@ def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
     """Write one chunk's region of every per-image array, then mark the chunk done.
 
     Writing whole chunks only makes the write idempotent: a retried or resumed task
-    rewrites the same bytes, and concurrent tasks never share a chunk. All the arrays are
-    written concurrently in one trip through zarr's event loop: one by one, the small
-    writes of a chunk cost more than its pixels (benchmarks/README.md, "write"). Record
-    chunks that hold only their fill value are not written at all (:func:`_all_fill`).
+    rewrites the same bytes, and concurrent tasks never share a chunk. The calling thread
+    encodes every chunk with the array's own codecs (:func:`_encode_chunk`), then all the
+    files are stored in one trip through zarr's event loop: zarr's asynchronous codec
+    pipeline costs ~1.3 ms of CPU per small array per chunk, more than the encoding itself
+    (benchmarks/README.md, "write"). Record chunks that hold only their fill value are not
+    written at all (:func:`_all_fill`).
     """
     values = {"images": images, "hist": hist,
               **{n: records[n] for n, (_, fill) in RECORD_ARRAYS.items()
                  if not _all_fill(records[n], fill)}}
-    sync(_write_chunk(group._async_group, index, slice(start, start + len(images)), values))
+    arrays = _chunk_arrays(group)
+    if start != index * arrays["images"].chunks[0] or len(images) > arrays["images"].chunks[0]:
+        raise ValueError(f"rows {start}..{start + len(images)} are not chunk {index}")
+    encoded = [_encode_chunk(arrays[name], index, v) for name, v in values.items()]
+    done = _encode_chunk(arrays["chunk_done"], index, np.ones(1, bool))
+    if None in encoded or done is None:  # a codec without a synchronous encoder
+        sync(_write_chunk_through_zarr(arrays, index, slice(start, start + len(images)), values))
+    else:
+        sync(_store_chunks(encoded, done))
+
+
+_ARRAYS: dict[int, tuple[zarr.Group, dict[str, AsyncArray]]] = {}
+
+
+def _chunk_arrays(group: zarr.Group) -> dict[str, AsyncArray]:
+    """The group's arrays, opened once per group (from its consolidated metadata)."""
+    cached = _ARRAYS.get(id(group))
+    if cached is None or cached[0] is not group:
+        names = ["images", "hist", "chunk_done", *RECORD_ARRAYS]
+        cached = (group, dict(zip(names, sync(_getitems(group._async_group, names)), strict=True)))
+        _ARRAYS.clear()  # a task process writes to one store at a time
+        _ARRAYS[id(group)] = cached
+    return cached[1]
+
+
+async def _getitems(group: AsyncGroup, names: list[str]) -> list[AsyncArray]:
+    return await asyncio.gather(*(group.getitem(name) for name in names))
+
+
+def _encode_chunk(array: AsyncArray, index: int, values: np.ndarray
+                  ) -> tuple[StorePath, Buffer] | None:
+    """Chunk ``index`` (along the sample axis) of ``array`` holding ``values``, encoded
+    exactly as zarr would write it; None if one of its codecs cannot encode synchronously.
+
+    A short last chunk is padded with the fill value, as zarr does.
+    """
+    meta = array.metadata
+    if not all(isinstance(c, SupportsSyncCodec) for c in meta.codecs):
+        return None
+    coords = (index,) + (0,) * (len(meta.shape) - 1)
+    spec = meta.get_chunk_spec(coords, array.config, default_buffer_prototype())
+    native = spec.dtype.to_native_dtype()
+    if values.shape == spec.shape:
+        chunk = spec.prototype.nd_buffer.from_numpy_array(np.asarray(values, native))
+    else:
+        chunk = spec.prototype.nd_buffer.create(shape=spec.shape, dtype=native,
+                                                order=spec.order, fill_value=spec.fill_value)
+        chunk[:len(values)] = values
+    for codec in meta.codecs:
+        chunk = codec._encode_sync(chunk, spec)
+        if isinstance(codec, ArrayArrayCodec):
+            spec = codec.resolve_metadata(spec)
+    return array.store_path / meta.encode_chunk_key(coords), chunk
+
+
+async def _store_chunks(encoded: list[tuple[StorePath, Buffer]],
+                        done: tuple[StorePath, Buffer]) -> None:
+    await asyncio.gather(*(path.set(chunk) for path, chunk in encoded))
+    await done[0].set(done[1])  # only once every array of the chunk is written
+
+
+async def _write_chunk_through_zarr(arrays: dict[str, AsyncArray], index: int, region: slice,
+                                    values: dict[str, np.ndarray]) -> None:
+    await asyncio.gather(*(_whole_chunks(arrays[name]).setitem(region, v)
+                           for name, v in values.items()))
+    await arrays["chunk_done"].setitem(index, True)
 
 
 def _all_fill(values: np.ndarray, fill: Any) -> bool:
@@ -336,8 +418,8 @@ def _all_fill(values: np.ndarray, fill: Any) -> bool:
 
     Most per-image facts are empty for most sources (the DICOM header columns of a JPEG
     set, ``damaged``): an unwritten chunk reads back as the fill value, and each array
-    written costs ~1.5 ms of zarr's per-call overhead per chunk. A retried or resumed
-    chunk computes the same values, so it skips the same arrays.
+    written costs a file per chunk. A retried or resumed chunk computes the same values, so
+    it skips the same arrays.
 
     Examples
     --------
@@ -349,19 +431,10 @@ def _all_fill(values: np.ndarray, fill: Any) -> bool:
     return bool((values == fill).all())
 
 
-async def _write_chunk(group: AsyncGroup, index: int, region: slice,
-                       values: dict[str, np.ndarray]) -> None:
-    arrays = await asyncio.gather(*(group.getitem(name) for name in values))
-    await asyncio.gather(*(_whole_chunks(a).setitem(region, v)
-                           for a, v in zip(arrays, values.values(), strict=True)))
-    done = await group.getitem("chunk_done")
-    await done.setitem(index, True)  # only once every array of the chunk is written
-
-
 def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
     """Written last: from now on the store reads as complete."""
-    group.attrs.update({"summary": summary, "complete": True,
-                        "completed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    group.update_attributes({"summary": summary, "complete": True, "completed":
+                             _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
     if group.metadata.consolidated_metadata is None:  # the group was opened without it
         _consolidate(group)  # (create() consolidates; the arrays never change afterwards)
 
