@@ -106,10 +106,15 @@ def _imagefolder(src: str, size: int, batch: int, workers: int):
     return DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers)
 
 
-def epoch(spec: dict[str, Any]) -> dict[str, Any]:
-    """One epoch: samples, seconds to the first batch, and a check of what was loaded."""
-    for module in IMPORTS[spec["loader"]]:  # imports are not timed
+def prepare(spec: dict[str, Any]) -> None:
+    """Import what the loader needs, before the epoch is timed (torch alone takes seconds)."""
+    for module in IMPORTS[spec["loader"]]:
         importlib.import_module(module)
+
+
+def epoch(spec: dict[str, Any]) -> dict[str, Any]:
+    """One epoch (after :func:`prepare`): samples, seconds to the first batch, and a check
+    of what was loaded."""
     t0 = time.perf_counter()
     first = None
     n, total = 0, 0.0

@@ -192,7 +192,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
                      dimension_names=("sample", "bin"), **common),
         # Arrays written once, at creation, need not follow the task chunks (scan_chunk).
         **{name: dict(shape=(n,), dtype=dtype, fill_value=fill, dimension_names=("sample",),
-                      chunks=(scan_chunk(chunk) if name in _SCAN_ARRAYS else chunk,), **common)
+                      chunks=(scan_chunk(chunk, n) if name in _SCAN_ARRAYS else chunk,), **common)
            for name, (dtype, fill) in {**{k: (v, None) for k, v in _SCAN_ARRAYS.items()},
                                        **RECORD_ARRAYS}.items()},
         "chunk_done": dict(shape=(n_chunks(n, chunk),), dtype="bool", chunks=(1,),
@@ -226,18 +226,20 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     return _consolidate(group)
 
 
-def scan_chunk(chunk: int) -> int:
-    """Rows per chunk of the arrays written once at creation: ~64k, a multiple of ``chunk``.
+def scan_chunk(chunk: int, n: int) -> int:
+    """Rows per chunk of the arrays written once at creation: a multiple of ``chunk``, ~64k,
+    or fewer when ``n`` images need fewer.
 
     Chunk tasks never write them, so they need not follow the task chunks; one file per
-    64 images would make a million-image store's creation write 100,000 tiny files.
+    64 images would make a million-image store's creation write 100,000 tiny files, and a
+    64k-row chunk for a small store would encode and pad 64k strings per column.
 
     Examples
     --------
-    >>> scan_chunk(64), scan_chunk(100_000)
-    (65536, 100000)
+    >>> scan_chunk(64, 10**6), scan_chunk(100_000, 10**6), scan_chunk(64, 1488)
+    (65536, 100000, 1536)
     """
-    return chunk * max(1, 65536 // chunk)
+    return chunk * max(1, min(65536 // chunk, n_chunks(n, chunk)))
 
 
 def _findings_arrays(arrays: dict[str, dict[str, Any]], data: dict[str, np.ndarray],
@@ -245,7 +247,8 @@ def _findings_arrays(arrays: dict[str, dict[str, Any]], data: dict[str, np.ndarr
     """Add the multi-label arrays (``findings`` and its ``finding`` coordinate) to create."""
     names = [str(c) for c in findings.columns]
     arrays["findings"] = dict(
-        shape=findings.shape, dtype="int8", chunks=(scan_chunk(chunk), len(names)),
+        shape=findings.shape, dtype="int8",
+        chunks=(scan_chunk(chunk, len(findings)), len(names)),
         fill_value=-2, dimension_names=("sample", "finding"), **common,
         attributes=dict(flag_values=list(FINDING_FLAGS),
                         flag_meanings=" ".join(FINDING_FLAGS.values()), findings=names))
