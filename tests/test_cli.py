@@ -15,7 +15,8 @@ import zarr
 
 import xraybatch
 from xraybatch import store
-from xraybatch.cli import _COMMANDS, main
+from xraybatch.cli import main
+from xraybatch.commands import COMMANDS
 from xraybatch.ingest import DEFAULT_CHUNK
 from xraybatch.scan import scan
 
@@ -158,7 +159,7 @@ def test_strict_with_a_bad_file(capsys, synth_copy: Path, tmp_path: Path) -> Non
 # --- help ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], *([c] for c in _COMMANDS)])
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
 def test_help_has_examples(capsys, command: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])

@@ -15,7 +15,7 @@ DEFAULT_INTERPOLATION = "auto"
 #: JPEG decode modes: DCT-scaled when the image is big enough, or always full size.
 DECODE_MODES = ("fast", "exact")
 #: Images per chunk (and per task). See benchmarks/README.md for the measurements behind it.
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 128
 #: Default decompression-bomb limit: 8x the largest Kermany image (2900 x 2500).
 MAX_PIXELS = 64_000_000
 #: ``--window``: how DICOM and images deeper than 8 bits are windowed (xraybatch.render).
