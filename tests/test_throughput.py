@@ -145,3 +145,34 @@ def test_default_ingest_is_auto_and_matches_cv2(synth_small: Path, tmp_path: Pat
         used.add(method)
         np.testing.assert_array_equal(images[row], expected, err_msg=rel)
     assert used == {"linear", "area"}  # both branches of auto are exercised
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_zarrio_chunks_equal_zarrs_own(tmp_path: Path, sharded: bool) -> None:
+    """Whole-chunk writes, short last chunk included, give zarr's own files (sharded arrays
+    go through zarr's pipeline: their codec cannot encode synchronously)."""
+    from xraybatch import zarrio
+
+    kinds = {"i": ("int32", 0, np.arange(10, dtype=np.int32)),
+             "s": (str, "", np.array([f"x{i}" * i for i in range(10)], dtype=object)),
+             "f": ("float64", np.nan, np.linspace(0, 1, 10)),
+             "b": ("bool", False, np.arange(10) % 3 == 0)}
+    groups = {}
+    for name in ("ours", "zarr"):
+        g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
+        for key, (dtype, fill, _) in kinds.items():
+            g.create_array(key, shape=(10,), dtype=dtype, chunks=(4,), fill_value=fill,
+                           shards=(4,) if sharded else None)
+        g.create_array("done", shape=(3,), dtype=bool, chunks=(1,), fill_value=False)
+        groups[name] = g
+    arrays = zarrio.arrays_of(groups["ours"], [*kinds, "done"])
+    for index, (a, b) in enumerate(store.chunk_bounds(10, 4)):
+        zarrio.write_chunks(arrays, index, {k: v[a:b] for k, (_, _, v) in kinds.items()},
+                            last=("done", np.ones(1, bool)))
+        for key, (_, _, values) in kinds.items():
+            groups["zarr"][key].with_config({"write_empty_chunks": True})[a:b] = values[a:b]
+        groups["zarr"]["done"][index] = True
+    assert _files(tmp_path / "ours.zarr") == _files(tmp_path / "zarr.zarr")
+    for key, (_, _, values) in kinds.items():
+        np.testing.assert_array_equal(groups["ours"][key][:], values.astype(
+            groups["ours"][key].dtype))

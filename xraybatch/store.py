@@ -42,21 +42,16 @@ import datetime as _dt
 import json
 import os
 import shutil
-import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import zarr
-from zarr import AsyncArray, AsyncGroup
-from zarr.abc.codec import ArrayArrayCodec, SupportsSyncCodec
+from zarr import AsyncGroup
 from zarr.codecs import ZstdCodec
-from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.errors import ZarrUserWarning
-from zarr.storage import StorePath
 
-from . import __version__, qc
+from . import __version__, qc, zarrio
 from .location import StoreError, StoreRef
 from .lock import LOCK_NAME, busy, writer
 
@@ -223,7 +218,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
     # The arrays' metadata never changes after this.
-    return _consolidate(group)
+    return zarrio.consolidate(group)
 
 
 def scan_chunk(chunk: int, n: int) -> int:
@@ -264,27 +259,8 @@ async def _create_arrays(group: AsyncGroup, arrays: dict[str, dict[str, Any]],
     """Create the arrays, then write the scan's columns, all concurrently (one loop trip)."""
     created = dict(zip(arrays, await asyncio.gather(
         *(group.create_array(name, **kw) for name, kw in arrays.items())), strict=True))
-    await asyncio.gather(*(_whole_chunks(created[name]).setitem(slice(None), values)
+    await asyncio.gather(*(zarrio.whole_chunks(created[name]).setitem(slice(None), values)
                            for name, values in data.items()))
-
-
-def _whole_chunks(array: AsyncArray) -> AsyncArray:
-    """The array without zarr's test for all-fill chunks before each write.
-
-    The test costs more than compressing the chunk (benchmarks/README.md, "write"); an
-    all-fill chunk written anyway reads back the same.
-    """
-    return array.with_config({"write_empty_chunks": True})
-
-
-def _consolidate(group: zarr.Group) -> zarr.Group:
-    """Write the consolidated metadata; the group that holds it."""
-    # Consolidated metadata also lets xarray open the store with one read, without a
-    # warning. zarr-python warns that it is not in the v3 spec yet (and about the lock
-    # file): known.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ZarrUserWarning)
-        return zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
 
 
 def _is_empty(ref: StoreRef) -> bool:
@@ -338,82 +314,20 @@ def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
     """Write one chunk's region of every per-image array, then mark the chunk done.
 
     Writing whole chunks only makes the write idempotent: a retried or resumed task
-    rewrites the same bytes, and concurrent tasks never share a chunk. The calling thread
-    encodes every chunk with the array's own codecs (:func:`_encode_chunk`), then all the
-    files are stored in one trip through zarr's event loop: zarr's asynchronous codec
-    pipeline costs ~1.3 ms of CPU per small array per chunk, more than the encoding itself
-    (benchmarks/README.md, "write"). Record chunks that hold only their fill value are not
-    written at all (:func:`_all_fill`).
+    rewrites the same bytes, and concurrent tasks never share a chunk. All the files of the
+    chunk are stored in one trip through zarr's event loop, encoded in the calling thread
+    (:func:`xraybatch.zarrio.write_chunks`). Record chunks that hold only their fill value
+    are not written at all (:func:`_all_fill`).
     """
+    arrays = zarrio.arrays_of(group, ["images", "hist", "chunk_done", *RECORD_ARRAYS])
+    rows = arrays["images"].chunks[0]
+    if start != index * rows or len(images) > rows:
+        raise ValueError(f"rows {start}..{start + len(images)} are not chunk {index}")
     values = {"images": images, "hist": hist,
               **{n: records[n] for n, (_, fill) in RECORD_ARRAYS.items()
                  if not _all_fill(records[n], fill)}}
-    arrays = _chunk_arrays(group)
-    if start != index * arrays["images"].chunks[0] or len(images) > arrays["images"].chunks[0]:
-        raise ValueError(f"rows {start}..{start + len(images)} are not chunk {index}")
-    encoded = [_encode_chunk(arrays[name], index, v) for name, v in values.items()]
-    done = _encode_chunk(arrays["chunk_done"], index, np.ones(1, bool))
-    if None in encoded or done is None:  # a codec without a synchronous encoder
-        sync(_write_chunk_through_zarr(arrays, index, slice(start, start + len(images)), values))
-    else:
-        sync(_store_chunks(encoded, done))
-
-
-_ARRAYS: dict[int, tuple[zarr.Group, dict[str, AsyncArray]]] = {}
-
-
-def _chunk_arrays(group: zarr.Group) -> dict[str, AsyncArray]:
-    """The group's arrays, opened once per group (from its consolidated metadata)."""
-    cached = _ARRAYS.get(id(group))
-    if cached is None or cached[0] is not group:
-        names = ["images", "hist", "chunk_done", *RECORD_ARRAYS]
-        cached = (group, dict(zip(names, sync(_getitems(group._async_group, names)), strict=True)))
-        _ARRAYS.clear()  # a task process writes to one store at a time
-        _ARRAYS[id(group)] = cached
-    return cached[1]
-
-
-async def _getitems(group: AsyncGroup, names: list[str]) -> list[AsyncArray]:
-    return await asyncio.gather(*(group.getitem(name) for name in names))
-
-
-def _encode_chunk(array: AsyncArray, index: int, values: np.ndarray
-                  ) -> tuple[StorePath, Buffer] | None:
-    """Chunk ``index`` (along the sample axis) of ``array`` holding ``values``, encoded
-    exactly as zarr would write it; None if one of its codecs cannot encode synchronously.
-
-    A short last chunk is padded with the fill value, as zarr does.
-    """
-    meta = array.metadata
-    if not all(isinstance(c, SupportsSyncCodec) for c in meta.codecs):
-        return None
-    coords = (index,) + (0,) * (len(meta.shape) - 1)
-    spec = meta.get_chunk_spec(coords, array.config, default_buffer_prototype())
-    native = spec.dtype.to_native_dtype()
-    if values.shape == spec.shape:
-        chunk = spec.prototype.nd_buffer.from_numpy_array(np.asarray(values, native))
-    else:
-        chunk = spec.prototype.nd_buffer.create(shape=spec.shape, dtype=native,
-                                                order=spec.order, fill_value=spec.fill_value)
-        chunk[:len(values)] = values
-    for codec in meta.codecs:
-        chunk = codec._encode_sync(chunk, spec)
-        if isinstance(codec, ArrayArrayCodec):
-            spec = codec.resolve_metadata(spec)
-    return array.store_path / meta.encode_chunk_key(coords), chunk
-
-
-async def _store_chunks(encoded: list[tuple[StorePath, Buffer]],
-                        done: tuple[StorePath, Buffer]) -> None:
-    await asyncio.gather(*(path.set(chunk) for path, chunk in encoded))
-    await done[0].set(done[1])  # only once every array of the chunk is written
-
-
-async def _write_chunk_through_zarr(arrays: dict[str, AsyncArray], index: int, region: slice,
-                                    values: dict[str, np.ndarray]) -> None:
-    await asyncio.gather(*(_whole_chunks(arrays[name]).setitem(region, v)
-                           for name, v in values.items()))
-    await arrays["chunk_done"].setitem(index, True)
+    # chunk_done last: only once every array of the chunk is written.
+    zarrio.write_chunks(arrays, index, values, last=("chunk_done", np.ones(1, bool)))
 
 
 def _all_fill(values: np.ndarray, fill: Any) -> bool:
@@ -439,7 +353,7 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
     group.update_attributes({"summary": summary, "complete": True, "completed":
                              _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
     if group.metadata.consolidated_metadata is None:  # the group was opened without it
-        _consolidate(group)  # (create() consolidates; the arrays never change afterwards)
+        zarrio.consolidate(group)  # (create() consolidates; the arrays never change afterwards)
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:

@@ -1,0 +1,120 @@
+"""Zarr plumbing that knows no array names: whole-chunk writes in one event-loop trip, and
+consolidated metadata. :mod:`xraybatch.store` says what is written where.
+
+zarr-python's asynchronous codec pipeline costs ~1.3 ms of CPU per array per chunk written
+(tasks, futures and a thread hop for every step), more than encoding and storing a small
+chunk. :func:`write_chunks` encodes each whole chunk in the calling thread with the array's
+own codecs, then stores every file of the chunk concurrently in one trip through zarr's
+event loop (benchmarks/README.md, "write"). The files are the ones zarr itself writes
+(``tests/test_throughput.py`` compares them byte for byte).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+import numpy as np
+import zarr
+from zarr import AsyncArray, AsyncGroup
+from zarr.abc.codec import ArrayArrayCodec, SupportsSyncCodec
+from zarr.core.buffer import Buffer, default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.errors import ZarrUserWarning
+from zarr.storage import StorePath
+
+_OPENED: dict[int, tuple[zarr.Group, dict[str, AsyncArray]]] = {}
+
+
+def arrays_of(group: zarr.Group, names: list[str]) -> dict[str, AsyncArray]:
+    """The group's arrays ``names``, opened once per group (one trip, from its consolidated
+    metadata); the last group asked for is kept (a task process writes one store at a time).
+    """
+    cached = _OPENED.get(id(group))
+    if cached is None or cached[0] is not group or not set(names) <= set(cached[1]):
+        cached = (group, dict(zip(names, sync(_getitems(group._async_group, names)),
+                                  strict=True)))
+        _OPENED.clear()
+        _OPENED[id(group)] = cached
+    return cached[1]
+
+
+def write_chunks(arrays: dict[str, AsyncArray], index: int, values: dict[str, np.ndarray],
+                 last: tuple[str, np.ndarray]) -> None:
+    """Write ``values[name]`` as chunk ``index`` (along the first axis) of each array, then
+    ``last`` once all of them are stored.
+
+    Each value fills its whole chunk, or the start of the short last chunk (padded with the
+    fill value, as zarr does), so a rewrite of the same values writes the same bytes.
+    Arrays whose codecs cannot encode synchronously (sharding) go through zarr's pipeline.
+    """
+    encoded = [encode_chunk(arrays[name], index, v) for name, v in values.items()]
+    done = encode_chunk(arrays[last[0]], index, last[1])
+    if None in encoded or done is None:
+        sync(_write_through_zarr(arrays, index, values, last))
+    else:
+        sync(_store(encoded, done))
+
+
+def encode_chunk(array: AsyncArray, index: int, values: np.ndarray
+                 ) -> tuple[StorePath, Buffer] | None:
+    """Chunk ``index`` (along the first axis) of ``array`` holding ``values``, encoded
+    exactly as zarr writes it; None if one of its codecs cannot encode synchronously."""
+    meta = array.metadata
+    if not all(isinstance(c, SupportsSyncCodec) for c in meta.codecs):
+        return None
+    coords = (index,) + (0,) * (len(meta.shape) - 1)
+    spec = meta.get_chunk_spec(coords, array.config, default_buffer_prototype())
+    native = spec.dtype.to_native_dtype()
+    if values.shape == spec.shape:
+        chunk = spec.prototype.nd_buffer.from_numpy_array(np.asarray(values, native))
+    else:
+        chunk = spec.prototype.nd_buffer.create(shape=spec.shape, dtype=native,
+                                                order=spec.order, fill_value=spec.fill_value)
+        chunk[:len(values)] = values
+    for codec in meta.codecs:
+        chunk = codec._encode_sync(chunk, spec)
+        if isinstance(codec, ArrayArrayCodec):
+            spec = codec.resolve_metadata(spec)
+    return array.store_path / meta.encode_chunk_key(coords), chunk
+
+
+def whole_chunks(array: AsyncArray) -> AsyncArray:
+    """The array without zarr's test for all-fill chunks before each write.
+
+    The test costs more than compressing the chunk (benchmarks/README.md, "write"); an
+    all-fill chunk written anyway reads back the same.
+    """
+    return array.with_config({"write_empty_chunks": True})
+
+
+def consolidate(group: zarr.Group) -> zarr.Group:
+    """Write the consolidated metadata; the group that holds it."""
+    # Consolidated metadata also lets xarray open the store with one read, without a
+    # warning. zarr-python warns that it is not in the v3 spec yet (and about the lock
+    # file): known.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        return zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
+
+
+async def _getitems(group: AsyncGroup, names: list[str]) -> list[AsyncArray]:
+    return await asyncio.gather(*(group.getitem(name) for name in names))
+
+
+async def _store(encoded: list[tuple[StorePath, Buffer]], last: tuple[StorePath, Buffer]
+                 ) -> None:
+    await asyncio.gather(*(path.set(chunk) for path, chunk in encoded))
+    await last[0].set(last[1])
+
+
+async def _write_through_zarr(arrays: dict[str, AsyncArray], index: int,
+                              values: dict[str, np.ndarray], last: tuple[str, np.ndarray]
+                              ) -> None:
+    async def put(name: str, v: np.ndarray) -> None:
+        array = arrays[name]
+        start = index * array.chunks[0]
+        await whole_chunks(array).setitem(slice(start, start + len(v)), v)
+
+    await asyncio.gather(*(put(name, v) for name, v in values.items()))
+    await put(*last)
