@@ -37,7 +37,8 @@ LOADERS = {"xraybatch torch, workers 0": ("torch", 0), "xraybatch torch, workers
 NEEDS_TORCH = ("torch", "imagefolder")
 IMPORTS = {"torch": ("torch", "torch.utils.data", "xraybatch.torch_dataset"),
            "imagefolder": ("torch", "torch.utils.data", "torchvision"),
-           "xarray": ("xarray", "dask.array", "xraybatch"), "zarr": ("zarr",)}
+           "xarray": ("xarray", "xarray.backends.zarr", "dask.array", "xraybatch.store"),
+           "zarr": ("zarr",)}
 INSTALL = "pip install 'xraybatch[torch]' torchvision"
 
 

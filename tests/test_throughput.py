@@ -161,8 +161,8 @@ def test_zarrio_chunks_equal_zarrs_own(tmp_path: Path, sharded: bool) -> None:
     for name in ("ours", "zarr"):
         g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
         for key, (dtype, fill, _) in kinds.items():
-            g.create_array(key, shape=(10,), dtype=dtype, chunks=(4,), fill_value=fill,
-                           shards=(4,) if sharded else None)
+            g.create_array(key, shape=(10,), dtype=dtype, chunks=(2,) if sharded else (4,),
+                           fill_value=fill, shards=(4,) if sharded else None)
         g.create_array("done", shape=(3,), dtype=bool, chunks=(1,), fill_value=False)
         groups[name] = g
     arrays = zarrio.arrays_of(groups["ours"], [*kinds, "done"])

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 # and the command line's --help stay free of Dask, OpenCV, zarr and pandas.
 _LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
          "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth"}
-_SUBMODULES = ("cli", "decode", "options", "progress", "qc", "report", "stats", "store",
-               "synth", "torch_dataset")
+_SUBMODULES = ("cli", "decode", "figures", "options", "phantom", "progress", "qc", "report",
+               "stats", "store", "synth", "torch_dataset", "zarrio")
 
 
 def __getattr__(name: str) -> Any:

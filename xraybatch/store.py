@@ -164,7 +164,8 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     its column names) is stored as the 2-D array ``findings`` with a ``finding`` coordinate.
 
     Raises :class:`StoreError` if the store exists and ``overwrite`` is false. The caller
-    holds the lock (:func:`locked`) and has called :func:`check_target` before taking it.
+    holds the lock (:func:`xraybatch.lock.locked`) and has called :func:`check_target`
+    before taking it.
     """
     _check_replaceable(ref, overwrite)
     if ref.exists() and not _is_empty(ref):
@@ -320,12 +321,13 @@ def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
     are not written at all (:func:`_all_fill`).
     """
     arrays = zarrio.arrays_of(group, ["images", "hist", "chunk_done", *RECORD_ARRAYS])
-    rows = arrays["images"].chunks[0]
-    if start != index * rows or len(images) > rows:
-        raise ValueError(f"rows {start}..{start + len(images)} are not chunk {index}")
+    rows, total = zarrio.rows_per_chunk(arrays["images"]), arrays["images"].shape[0]
     values = {"images": images, "hist": hist,
               **{n: records[n] for n, (_, fill) in RECORD_ARRAYS.items()
                  if not _all_fill(records[n], fill)}}
+    if start != index * rows or any(len(v) != min(rows, total - start) for v in values.values()):
+        raise ValueError(f"{len(images)} rows from {start} are not chunk {index} of {rows} "
+                         f"rows, or the record arrays differ in length")
     # chunk_done last: only once every array of the chunk is written.
     zarrio.write_chunks(arrays, index, values, last=("chunk_done", np.ones(1, bool)))
 

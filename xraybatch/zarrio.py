@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import zarr
 from zarr import AsyncArray, AsyncGroup
-from zarr.abc.codec import ArrayArrayCodec, SupportsSyncCodec
+from zarr.abc.codec import SupportsSyncCodec
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.errors import ZarrUserWarning
@@ -45,24 +45,28 @@ def write_chunks(arrays: dict[str, AsyncArray], index: int, values: dict[str, np
     ``last`` once all of them are stored.
 
     Each value fills its whole chunk, or the start of the short last chunk (padded with the
-    fill value, as zarr does), so a rewrite of the same values writes the same bytes.
-    Arrays whose codecs cannot encode synchronously (sharding) go through zarr's pipeline.
+    fill value, as zarr does), so a rewrite of the same values writes the same bytes. A
+    chunk of a sharded array is a shard; arrays whose codecs cannot encode synchronously
+    (sharding) go through zarr's pipeline.
     """
-    encoded = [encode_chunk(arrays[name], index, v) for name, v in values.items()]
-    done = encode_chunk(arrays[last[0]], index, last[1])
-    if None in encoded or done is None:
+    if not all(_encodes_sync(arrays[name]) for name in (*values, last[0])):
         sync(_write_through_zarr(arrays, index, values, last))
-    else:
-        sync(_store(encoded, done))
+        return
+    encoded = [encode_chunk(arrays[name], index, v) for name, v in values.items()]
+    sync(_store(encoded, encode_chunk(arrays[last[0]], index, last[1])))
+
+
+def rows_per_chunk(array: AsyncArray) -> int:
+    """Rows of one chunk file along the first axis (of a shard, for a sharded array)."""
+    return array.metadata.chunk_grid.chunk_shape[0]
 
 
 def encode_chunk(array: AsyncArray, index: int, values: np.ndarray
-                 ) -> tuple[StorePath, Buffer] | None:
+                 ) -> tuple[StorePath, Buffer]:
     """Chunk ``index`` (along the first axis) of ``array`` holding ``values``, encoded
-    exactly as zarr writes it; None if one of its codecs cannot encode synchronously."""
+    exactly as zarr writes it (its codecs must encode synchronously: :func:`_encodes_sync`).
+    """
     meta = array.metadata
-    if not all(isinstance(c, SupportsSyncCodec) for c in meta.codecs):
-        return None
     coords = (index,) + (0,) * (len(meta.shape) - 1)
     spec = meta.get_chunk_spec(coords, array.config, default_buffer_prototype())
     native = spec.dtype.to_native_dtype()
@@ -72,10 +76,9 @@ def encode_chunk(array: AsyncArray, index: int, values: np.ndarray
         chunk = spec.prototype.nd_buffer.create(shape=spec.shape, dtype=native,
                                                 order=spec.order, fill_value=spec.fill_value)
         chunk[:len(values)] = values
-    for codec in meta.codecs:
+    for codec in meta.codecs:  # as zarr's pipeline: each codec sees the spec it resolved
         chunk = codec._encode_sync(chunk, spec)
-        if isinstance(codec, ArrayArrayCodec):
-            spec = codec.resolve_metadata(spec)
+        spec = codec.resolve_metadata(spec)
     return array.store_path / meta.encode_chunk_key(coords), chunk
 
 
@@ -98,6 +101,10 @@ def consolidate(group: zarr.Group) -> zarr.Group:
         return zarr.consolidate_metadata(group.store, path=group.path, zarr_format=3)
 
 
+def _encodes_sync(array: AsyncArray) -> bool:
+    return all(isinstance(c, SupportsSyncCodec) for c in array.metadata.codecs)
+
+
 async def _getitems(group: AsyncGroup, names: list[str]) -> list[AsyncArray]:
     return await asyncio.gather(*(group.getitem(name) for name in names))
 
@@ -113,7 +120,7 @@ async def _write_through_zarr(arrays: dict[str, AsyncArray], index: int,
                               ) -> None:
     async def put(name: str, v: np.ndarray) -> None:
         array = arrays[name]
-        start = index * array.chunks[0]
+        start = index * rows_per_chunk(array)
         await whole_chunks(array).setitem(slice(start, start + len(v)), v)
 
     await asyncio.gather(*(put(name, v) for name, v in values.items()))
