@@ -308,7 +308,7 @@ def machine() -> dict[str, Any]:
 def replicate(src: str, dst: str, k: int) -> str:
     """A folder with every file of ``src`` linked ``k`` times (same split/class folders).
 
-    A 248-image sample makes 4 chunks of 64: too few tasks for load balance to mean what it
+    A 248-image sample makes 2 chunks of 128: too few tasks for load balance to mean what it
     means on the 5,856-image dataset, and fixed costs weigh 10x more. Copies ``r1-...``,
     ``r2-...`` decode exactly like the originals.
     """

@@ -355,3 +355,35 @@ def test_heaviest_chunks_run_first(synth_small: Path, tmp_path: Path,
     sizes = xraybatch.scan(synth_small).manifest.bytes.to_numpy()
     weight = [sizes[i:i + chunk].sum() for i in range(0, len(sizes), chunk)]
     assert ran == sorted(range(len(weight)), key=lambda i: -weight[i])
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_store_created_while_chunks_decode(synth_small: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           scheduler: str) -> None:
+    """Local tasks decode before the store exists and wait for it to write; a creation that
+    fails fails the run with its own error, and no task is left waiting."""
+    ingest_mod = sys.modules["xraybatch.ingest"]
+    create = ingest_mod.store.create
+
+    def slow_create(*args, **kwargs):
+        import time
+
+        time.sleep(0.3)  # longer than a chunk's decode here: tasks must wait
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_mod.store, "create", slow_create)
+    out = tmp_path / "x.zarr"
+    result = xraybatch.ingest(synth_small, out, size=32, chunk=16, scheduler=scheduler)
+    stored = xraybatch.open(out)
+    assert stored.complete and result.n_stored == len(stored) == len(stored.valid)
+    assert stored.valid.all() and ingest_mod._CREATING == {}
+
+    def failing_create(*args, **kwargs):
+        raise xraybatch.store.StoreError("cannot create the store (test)")
+
+    monkeypatch.setattr(ingest_mod.store, "create", failing_create)
+    with pytest.raises(xraybatch.store.StoreError, match="cannot create the store"):
+        xraybatch.ingest(synth_small, tmp_path / "y.zarr", size=32, chunk=16,
+                         scheduler=scheduler)
+    assert ingest_mod._CREATING == {}

@@ -2,7 +2,7 @@
 
 Writes the figures of :mod:`.figures` (which needs the optional ``plot`` extra, matplotlib),
 ``manifest.csv`` and an ``index.html`` that shows them with the store's tables. Everything is
-read from the store: histograms and QC flags from the per-image histograms, the mean images
+read from the store: histograms, QC flags from the stored per-image mean and std, the mean images
 by a Dask reduction over the image chunks, the sample grid from 9 images.
 """
 

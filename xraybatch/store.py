@@ -176,7 +176,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     # that was interrupted, and never mistakes another tool's store for one.
     group = ref.open("a", attributes={"xraybatch_version": __version__, "complete": False})
     # Zstd level 1 for everything but the pixels: X-ray pixels with film grain shrink only
-    # ~1.10x for ~10 ms of CPU per 64-image chunk, a tenth of a chunk task's budget; the
+    # ~1.10x for ~0.25 ms of CPU per image, 7% of a DCT-scaled decode; the
     # per-image arrays (hist, strings, flags) shrink several-fold for next to nothing
     # (benchmarks/README.md, "compressor").
     common = dict(compressors=ZstdCodec(level=compression_level))
