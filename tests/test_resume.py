@@ -204,6 +204,18 @@ def test_resume_refuses_changed_parameters(synth_small, reference, tmp_path):
         xraybatch.ingest(synth_small, out, size=SIZE, interpolation="linear", resume=True)
 
 
+def test_resume_refuses_a_store_of_an_older_version(synth_small, reference, tmp_path):
+    out = tmp_path / "out.zarr"
+    shutil.copytree(reference.store.root, out)
+    group = zarr.open_group(str(out), mode="r+")
+    attrs = {k: v for k, v in group.attrs.asdict().items() if k not in ("window", "fit")}
+    group.attrs.clear()  # as written before --window and --fit existed
+    group.update_attributes({**attrs, "xraybatch_version": "0.0.9", "complete": False})
+    with pytest.raises(StoreError, match="xraybatch 0.0.9 wrote it without window, fit; "
+                                         "start again with --overwrite"):
+        xraybatch.ingest(synth_small, out, size=SIZE, chunk=CHUNK, resume=True)
+
+
 def test_resume_refuses_changed_source_files(synth_copy, tmp_path):
     out = tmp_path / "out.zarr"
     xraybatch.ingest(synth_copy, out, size=SIZE, chunk=CHUNK)

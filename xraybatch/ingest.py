@@ -431,6 +431,11 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
         raise StoreError(f"cannot resume {ref.url}: it is not an xraybatch store")
     if not store.layout_written(stored):
         return None  # killed while creating: no chunk was written yet, so start afresh
+    unrecorded = [key for key in _RESUME_KEYS if key not in stored]
+    if unrecorded:  # written by an older version
+        raise StoreError(f"cannot resume {ref.url}: xraybatch "
+                         f"{stored.get('xraybatch_version', '(unknown version)')} wrote it "
+                         f"without {', '.join(unrecorded)}; start again with --overwrite")
     for key in _RESUME_KEYS:
         if stored.get(key) != attrs[key]:
             raise StoreError(f"cannot resume {ref.url}: {key} was {stored.get(key)!r}, "
