@@ -379,7 +379,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                 overwrite=overwrite or resume, findings=found.findings)
             todo = list(range(store.n_chunks(len(found.manifest), chunk)))
             # Tasks in this process need the store only to write: it is then created while
-            # the first chunks decode (4% of a 1,500-image run).
+            # the first chunks decode (serial time of a 1,488-image run: 0.19 -> 0.07 s).
             if target in ("threads", "sync"):
                 creating = _CREATING[ref.url] = pool.submit(create)
             else:
