@@ -175,7 +175,7 @@ def _write_gather(task, images, hist, records) -> None:
 
 def _write_checked(task, images, hist, records) -> None:
     """One array at a time through zarr, with its default test for all-fill chunks."""
-    group = task.ref.open("r+")
+    group = store.open_for_chunks(task.ref)
     stop = task.start + len(images)
     for name, value in (("images", images), ("hist", hist), *records.items()):
         group[name].with_config({"write_empty_chunks": False})[task.start:stop] = value
@@ -187,15 +187,15 @@ WRITERS = {"product": _write_product, "empty-check": _write_checked, "gather": _
 
 
 def _codec(name: str):
-    """A compressor for the tuning sweeps, as a function of a level (unused by most)."""
+    """The compressor of the pixels named in the tuning sweeps (None: uncompressed)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
     if name == "none":
-        return lambda level: None
+        return None
     if name.startswith("zstd"):
-        return lambda level: ZstdCodec(level=int(name[4:]))
+        return ZstdCodec(level=int(name[4:]))
     if name.startswith("blosc-lz4"):
-        return lambda level: BloscCodec(cname="lz4", clevel=int(name[9:] or 5), shuffle="noshuffle")
+        return BloscCodec(cname="lz4", clevel=int(name[9:] or 5), shuffle="noshuffle")
     raise ValueError(f"unknown codec {name!r}")
 
 
@@ -239,7 +239,7 @@ class _Instrument:
         ingest_mod.run_chunk = functools.partial(timed_run_chunk, cv_threads=spec.get(
             "cv_threads"), writer=spec.get("writer"))
         if spec.get("codec"):  # the pixels' codec (the other arrays keep Zstd 1)
-            store.IMAGES_COMPRESSORS = _codec(spec["codec"])(1)
+            store.IMAGES_COMPRESSORS = _codec(spec["codec"])
         return self
 
     def __exit__(self, *exc) -> None:
@@ -433,10 +433,12 @@ def profile(paths: list[str], classes: list[str], size: int, interpolation: str,
             data = timed("read", decode.read_bytes, path)
             timed("hash", decode.content_hash, data)
             header = timed("header", decode.read_header, data)
-            scale = decode.dct_scale(header, size) if mode == "fast" else 1
-            image = timed("decode", decode.decode_gray, data, header, scale)
-            method = decode.interpolation_for(interpolation, scale, image.shape, size)
-            small = timed("resize", decode.resize, image, size, method)
+            # The decode ingest runs (the reader's, with its damage check).
+            pixels = timed("decode", decode.decode_pixels, data, header,
+                           decode.Options(size=size, mode=mode))
+            method = decode.interpolation_for(interpolation, pixels.scale, pixels.image.shape,
+                                              size)
+            small = timed("resize", decode.resize, pixels.image, size, method)
             timed("hist", decode.histogram, small)
         except decode.ImageError:
             pass
@@ -496,7 +498,7 @@ def store_layouts(paths: list[str], size: int, tmp: str | None, rounds: int = 3)
                 kw = dict(chunks=(inner, size, size), shards=(chunk, size, size)) if inner \
                     else dict(chunks=(chunk, size, size))
                 arr = zarr.create_array(os.path.join(root, "a.zarr"), shape=images.shape,
-                                        dtype="uint8", compressors=_codec(codec)(0), **kw)
+                                        dtype="uint8", compressors=_codec(codec), **kw)
                 arr = arr.with_config({"write_empty_chunks": True})
                 t0 = time.process_time()
                 for a, b in store.chunk_bounds(len(images), chunk):

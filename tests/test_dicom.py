@@ -42,9 +42,7 @@ def _with(data: bytes, **changes) -> bytes:
             delattr(ds, keyword)
         else:
             setattr(ds, keyword, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return _saved(ds)
 
 
 def _ingest(src: Path, out: Path, **kwargs) -> tuple[np.ndarray, object]:
@@ -124,9 +122,7 @@ def test_compressed_syntaxes_decode_through_pydicom(syntax) -> None:
     native = to_dicom(stored, bits_stored=12, window=(2000.0, 3000.0, "SIGMOID"))
     ds = pydicom.dcmread(io.BytesIO(native))
     ds.compress(syntax)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    out = decode.process(buf.getvalue(), 32, mode="exact")
+    out = decode.process(_saved(ds), 32, mode="exact")
     np.testing.assert_array_equal(out.image, decode.process(native, 32, mode="exact").image)
     expected = np.floor(255 / (1 + np.exp(-4 * (stored - 2000.0) / 3000)) + 0.5)
     np.testing.assert_array_equal(
@@ -203,9 +199,7 @@ def test_bad_dicom_reason_codes(jpeg_bytes) -> None:
 def _retagged(data: bytes, syntax: str) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(data))
     ds.file_meta.TransferSyntaxUID = syntax
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return _saved(ds)
 
 
 def test_colour_dicom_is_converted_and_flagged(jpeg_bytes) -> None:
@@ -215,9 +209,7 @@ def test_colour_dicom_is_converted_and_flagged(jpeg_bytes) -> None:
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.Rows, ds.Columns = 7, 20, 24
     ds.PixelData = rgb.tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    out = decode.process(buf.getvalue(), 16, mode="exact")
+    out = decode.process(_saved(ds), 16, mode="exact")
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     np.testing.assert_array_equal(out.image, cv2.resize(gray, (16, 16),
                                                         interpolation=cv2.INTER_AREA))

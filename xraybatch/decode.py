@@ -27,9 +27,9 @@ from .readers.base import Header, ImageError, Options, Pixels
 from .sources import remote
 
 __all__ = ["DECODE_MODES", "INTERPOLATIONS", "MAX_PIXELS", "REASONS", "Decoded", "Header",
-           "ImageError", "Record", "content_hash", "dct_scale", "decode_gray", "decode_pixels",
-           "fit_image", "histogram", "interpolation_for", "load", "process", "read_bytes",
-           "read_header", "resize", "sniff_format"]
+           "ImageError", "Options", "Record", "content_hash", "dct_scale", "decode_gray",
+           "decode_pixels", "fit_image", "histogram", "interpolation_for", "load", "process",
+           "read_bytes", "read_header", "resize", "sniff_format"]
 
 #: Reason codes for files that are not stored, with what each one means.
 REASONS: dict[str, str] = {

@@ -82,6 +82,11 @@ class Window:
     width: float = math.nan
     function: str = ""
 
+    def record_fields(self) -> dict:
+        """The per-image record fields that say which window rendered an image."""
+        return {"window_used": self.method, "voi_center": self.center,
+                "voi_width": self.width, "voi_function": self.function}
+
 
 def modality(stored: np.ndarray, r: Rendering) -> np.ndarray:
     """Stored values -> modality values (float64), PS3.3 C.11.1.

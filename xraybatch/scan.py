@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .patients import patient_ids
+from .readers import dicom
 from .sources import listing, tables
 from .synth import MARKER
 
@@ -115,7 +116,7 @@ def _is_dicom(path: Path) -> bool:
         return False
     try:
         with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
+            return dicom.sniff(f.read(132))
     except OSError:
         return False
 

@@ -23,19 +23,19 @@ from zarr.core.sync import sync
 from zarr.errors import ZarrUserWarning
 from zarr.storage import StorePath
 
-_OPENED: dict[int, tuple[zarr.Group, dict[str, AsyncArray]]] = {}
+_ARRAYS: dict[int, tuple[zarr.Group, dict[str, AsyncArray]]] = {}
 
 
 def arrays_of(group: zarr.Group, names: list[str]) -> dict[str, AsyncArray]:
     """The group's arrays ``names``, opened once per group (one trip, from its consolidated
     metadata); the last group asked for is kept (a task process writes one store at a time).
     """
-    cached = _OPENED.get(id(group))
+    cached = _ARRAYS.get(id(group))
     if cached is None or cached[0] is not group or not set(names) <= set(cached[1]):
         cached = (group, dict(zip(names, sync(_getitems(group._async_group, names)),
                                   strict=True)))
-        _OPENED.clear()
-        _OPENED[id(group)] = cached
+        _ARRAYS.clear()
+        _ARRAYS[id(group)] = cached
     return cached[1]
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import dicom, jpeg, opencv, png
-from .base import MAX_PIXELS, Header, ImageError, Options, Pixels
+from .base import Header, ImageError, Options, Pixels
 
-__all__ = ["MAX_PIXELS", "Header", "ImageError", "Options", "Pixels", "reader_for",
-           "sniff_format"]
+__all__ = ["Header", "ImageError", "Options", "Pixels", "reader_for", "sniff_format"]
 
 # DICOM first: its 128-byte preamble may itself start like a TIFF (dual-format files).
 _BY_MAGIC: tuple[tuple[str, ModuleType], ...] = (("dicom", dicom), ("jpeg", jpeg), ("png", png))
+_READERS = dict(_BY_MAGIC)
 
 
 def sniff_format(data: bytes) -> str:
@@ -45,4 +45,4 @@ def sniff_format(data: bytes) -> str:
 
 def reader_for(fmt: str) -> ModuleType:
     """The reader module of a format named by :func:`sniff_format`."""
-    return dict(_BY_MAGIC).get(fmt, opencv)
+    return _READERS.get(fmt, opencv)

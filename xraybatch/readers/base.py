@@ -13,9 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..options import MAX_PIXELS
-
-__all__ = ["MAX_PIXELS", "Header", "ImageError", "Options", "Pixels"]
+__all__ = ["Header", "ImageError", "Options", "Pixels"]
 
 
 class ImageError(Exception):

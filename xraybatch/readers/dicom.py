@@ -24,7 +24,6 @@ import numpy as np
 from .. import render
 from . import jpeg
 from .base import Header, ImageError, Options, Pixels
-from .opencv import window_meta
 
 INSTALL_HINT = "pip install 'xraybatch[dicom]'"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -178,4 +177,4 @@ def decode(data: bytes, header: Header, options: Options) -> Pixels:
         meta["message"] = (f"colour DICOM ({meta['photometric']}) converted to grayscale"
                            + (f"; {meta['message']}" if meta.get("message") else ""))
     image, window = render.render(stored, r, options.window)
-    return Pixels(image, header, scale, {**meta, **window_meta(window)})
+    return Pixels(image, header, scale, {**meta, **window.record_fields()})

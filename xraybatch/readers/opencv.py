@@ -43,12 +43,6 @@ def _imdecode(data: bytes, flags: int, header: Header) -> np.ndarray:
     return image
 
 
-def window_meta(window: render.Window) -> dict:
-    """The record fields that say which window rendered an image."""
-    return {"window_used": window.method, "voi_center": window.center,
-            "voi_width": window.width, "voi_function": window.function}
-
-
 def decode(data: bytes, header: Header, options: Options) -> Pixels:
     deep = header.bitdepth > 8 or (header.format in _DEEP and not header.height)
     if not deep:
@@ -58,4 +52,4 @@ def decode(data: bytes, header: Header, options: Options) -> Pixels:
         return Pixels(image, header)
     bits = 8 * image.dtype.itemsize
     image8, window = render.render(image, render.Rendering(), options.window)
-    return Pixels(image8, replace(header, bitdepth=bits), 1, window_meta(window))
+    return Pixels(image8, replace(header, bitdepth=bits), 1, window.record_fields())
