@@ -264,7 +264,11 @@ class _S3Lease(_Lease):
 
     def _call(self, method: str, **kwargs):
         bucket, key, _ = self.fs.split_path(self.path)
-        return self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+        try:
+            return self.fs.call_s3(method, Bucket=bucket, Key=key, **kwargs)
+        finally:
+            if method != "head_object":  # s3fs's cached listings would miss the change
+                self.fs.invalidate_cache(self.path)
 
     def create(self, data: bytes) -> object:
         try:
@@ -363,6 +367,9 @@ def _leased(ref: StoreRef, seconds: float) -> Iterator[None]:
               "written without a writer lock: do not start two writers on it")
         yield
         return
+    except OSError as e:
+        # (not a busy store: no bucket, no permission, no network) said with the URL
+        raise StoreError(f"cannot write the writer lock of {ref.url}: {e}") from None
     renewal = _Renewal(lease, holder, tag, ref.url)
     renewal.start()
     try:
