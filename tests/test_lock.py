@@ -175,3 +175,24 @@ def test_lease_length_from_the_environment(monkeypatch) -> None:
             lock.lease_seconds()
     monkeypatch.delenv("XRAYBATCH_LOCK_LEASE")
     assert lock.lease_seconds() == lock.LEASE_SECONDS
+
+
+def test_a_renewal_whose_reply_was_lost_keeps_the_lock(monkeypatch, capsys) -> None:
+    """The store took the renewal but the answer never came back: the next renewal finds its
+    own token there, and goes on."""
+    ref = _ref()
+    replace, failed = lock._Lease.replace, []
+
+    def flaky(self, data, tag):
+        new = replace(self, data, tag)
+        if not failed:
+            failed.append(new)
+            raise ConnectionError("reply lost")
+        return new
+
+    monkeypatch.setattr(lock._Lease, "replace", flaky)
+    with lock.locked(ref, lease=0.2):
+        wait_until(lambda: failed and _content(ref)["expires"] > json.loads(failed[0])[
+            "expires"], 5, "a renewal after the lost reply")
+    assert capsys.readouterr().err == ""
+    assert lock.writer(ref) is None

@@ -338,6 +338,9 @@ class _Renewal(threading.Thread):
             except _Lost:
                 found = self.lease.read()
                 other = found and _Holder.decode(found[0])
+                if other and other.token == self.holder.token:  # our own write, whose reply
+                    self.tag, self.holder = found[1], other  # was lost on the way back
+                    continue
                 self.lost = other.describe() if other else "another writer"
                 _warn(f"lost the writer lock of {self.url} to {self.lost}: its lease "
                       f"({self.holder.lease:g} s) ran out before this writer renewed it")
