@@ -269,10 +269,12 @@ def test_mixed_types_and_missing_cells(tmp_path: Path) -> None:
         "subject": [12, "p7", None, 12.0, "0042"],
     })
     frame.loc[0, "file"] = "1.png"
+    frame = pd.concat([frame, pd.DataFrame({"file": [np.nan, " "], "dx": "1"})])  # no path
     frame.to_csv(tmp_path / "t.csv", index=False)
     spec = tables.columns_for(None, path="file", label="dx", patient="subject")
     s = scan(tmp_path, files=tmp_path / "t.csv", columns=spec)
-    assert s.skipped.values.tolist() == [["b.png", "bad_label"]]  # NaN label: not a class
+    assert s.skipped.values.tolist() == [["", "no_path"], [" ", "no_path"],
+                                         ["b.png", "bad_label"]]  # NaN label: not a class
     got = s.manifest.set_index("path")
     assert got.class_name.to_dict() == {"1.png": "0", "a.png": "1", "c.png": "2.0",
                                         "007.png": "pneumonia"}
@@ -280,7 +282,7 @@ def test_mixed_types_and_missing_cells(tmp_path: Path) -> None:
                                         "007.png": "0042"}  # as written: leading zeros kept
     # Typed columns in Parquet (a float label with NaN, nullable ints, categories, booleans)
     # read as the same rows in CSV.
-    typed = pd.DataFrame({"file": ["1.png", "a.png", "b.png", "c.png", "007.png"],
+    typed = pd.DataFrame({"file": ["1.png", "a.png", "b.png", "c.png", None],
                           "dx": [0.0, 1.0, np.nan, 2.0, 1.0],
                           "subject": pd.array([12, None, 3, 12, 42], dtype="Int64"),
                           "fold": pd.Categorical(["train", "val", "train", "test", "val"]),
@@ -290,7 +292,8 @@ def test_mixed_types_and_missing_cells(tmp_path: Path) -> None:
     spec = tables.columns_for(None, path="file", label="dx", patient="subject", split="fold")
     a = scan(tmp_path, files=tmp_path / "t.parquet", columns=spec)
     _same_scan(a, scan(tmp_path, files=tmp_path / "t2.csv", columns=spec))
-    assert a.classes == ["0.0", "1.0", "2.0"] and a.skipped.reason.tolist() == ["bad_label"]
+    assert a.classes == ["0.0", "1.0", "2.0"]
+    assert a.skipped.reason.tolist() == ["no_path", "bad_label"]
 
 
 def test_duplicated_column_names_are_one_line(nih: Path, tmp_path: Path, capsys) -> None:

@@ -39,6 +39,7 @@ REASONS: dict[str, str] = {
                  "other than 1, 0, -1 or blank)",
     "bad_split": "the row's split is not one of train, val (valid, validation), test",
     "duplicate_row": "the row names a file an earlier row already names (the first is kept)",
+    "no_path": "the row's path cell is empty",
     "outside_root": "the row's path is absolute (or a URL) but not below the root, or "
                     "relative and climbs out of it (../)",
 }
@@ -284,6 +285,7 @@ def scan_table(table: str, root: str | None = None, columns: Columns | None = No
     paths = _resolve(frame[columns.path].str.strip(), root, storage_options, progress, own)
     bad = np.full(len(frame), "", dtype=object)  # numpy: a million rows stay cheap
     bad[paths.isna().to_numpy()] = "outside_root"
+    bad[(frame[columns.path].str.strip() == "").to_numpy()] = "no_path"  # (NaN in Parquet)
     split = _splits(frame, columns, paths.fillna(""))
     bad[(bad == "") & split.isna().to_numpy()] = "bad_split"
     if kind == "single":
