@@ -357,7 +357,7 @@ def test_label_csv_of_a_folder_scan_keeps_to_its_root(tmp_path: Path) -> None:
     _files(root, "a.png", "b.png")
     _files(tmp_path, "secret.png")
     labels = tmp_path / "labels.csv"  # Excel-style: a BOM, padded headers
-    pd.DataFrame({" path": ["a.png", "b.png", "../secret.png", str(tmp_path / "secret.png")],
+    pd.DataFrame({" path": ["a.png", "x/../b.png", "../secret.png", str(tmp_path / "secret.png")],
                   "class ": ["cat", "dog", "cat", "dog"]}).to_csv(labels, index=False,
                                                                  encoding="utf-8-sig")
     s = scan(root, labels=str(labels))

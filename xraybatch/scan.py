@@ -105,7 +105,8 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, str]:
         rel, cls = (row.get("path") or "").strip(), (row.get(key) or "").strip()
         if not rel or not cls:
             raise ScanError(f"label CSV {path} line {i}: empty path or class")
-        mapping[Path(rel).as_posix()] = cls
+        rel = Path(rel).as_posix()
+        mapping[tables.inside(rel) or rel] = cls  # a/../b is b; ../b stays (outside_root)
     return mapping
 
 
