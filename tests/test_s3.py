@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from corpus import assert_same_store, free_port, open_group, wait_until
 
 import xraybatch
 from xraybatch import cli, lock, store
-from xraybatch.store import StoreRef
+from xraybatch.store import StoreError, StoreRef
 
 pytestmark = pytest.mark.slow
 s3fs = pytest.importorskip("s3fs")
@@ -239,3 +242,37 @@ def test_s3_store_in_a_missing_bucket_is_one_line(endpoint, synth_small, capsys)
     err = capsys.readouterr().err
     assert err.startswith(f"xraybatch ingest: error: cannot write the writer lock of {url}: ")
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("start", ["absent", "expired"])
+def test_of_writers_racing_on_s3_exactly_one_wins(endpoint, start):
+    """Eight writers at once on a store without a lock (eight conditional creates), or with
+    an expired one (all eight read it, then all eight swap it at once)."""
+    ref = StoreRef(f"s3://xrb/race-{start}.zarr", _options(endpoint))
+    fs, key = _lock_key(ref.url, endpoint)
+    if start == "expired":
+        fs.pipe_file(key, b'{"host": "gone", "pid": 1, "token": "t", "expires": 0, "lease": 1}')
+    at_start, at_swap = threading.Barrier(8), threading.Barrier(8)
+
+    class Racing(lock._S3Lease):
+        swaps = 0
+
+        def replace(self, data, tag):
+            if not self.swaps:  # a takeover: wait until every writer has read the old lock
+                self.swaps += 1
+                at_swap.wait(timeout=30)
+            return super().replace(data, tag)
+
+    def race(_):
+        lease = Racing(fs, key)
+        at_start.wait(timeout=30)
+        try:
+            return lock._acquire(lease, ref.url, 30)[0].token
+        except StoreError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(race, range(8)))
+    winners = [t for t in tokens if t]
+    assert len(winners) == 1, tokens
+    assert json.loads(fs.cat_file(key))["token"] == winners[0]
