@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,8 @@ import zarr
 from corpus import assert_same_store, free_port, open_group, wait_until
 
 import xraybatch
-from xraybatch import cli
-from xraybatch.store import StoreRef
+from xraybatch import cli, lock, store
+from xraybatch.store import StoreError, StoreRef
 
 pytestmark = pytest.mark.slow
 s3fs = pytest.importorskip("s3fs")
@@ -126,3 +129,150 @@ def test_missing_s3fs_is_a_one_line_error(synth_small, tmp_path):
     hint = "s3:// stores need s3fs: pip install 'xraybatch[s3]'"
     assert run.stderr.splitlines() == [f"xraybatch ingest: error: {hint}",
                                        f"xraybatch stats: error: {hint}"]
+
+
+# --- the writer lock on S3 (moto honours If-None-Match and If-Match, as S3 does) ----------
+
+HOLDER = '''
+import os, sys, time
+from xraybatch import lock
+from xraybatch.location import StoreRef
+url, endpoint, gate = sys.argv[1:4]
+ref = StoreRef(url, {"endpoint_url": endpoint, "key": "testing", "secret": "testing"})
+with lock.locked(ref):
+    print("held", flush=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+'''
+
+
+@pytest.fixture
+def holder(endpoint, tmp_path):
+    """Start processes that hold a store's writer lock until ``gate`` exists (or are killed)."""
+    procs: list[subprocess.Popen] = []
+
+    def start(url: str, gate: Path, **env: str) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, url, endpoint, str(gate)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_env(**env))
+        procs.append(proc)
+        assert proc.stdout.readline() == "held\n", proc.stderr.read()
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def _ingest(synth_small: Path, url: str, endpoint: str, *flags: str) -> list[str]:
+    return ["ingest", str(synth_small), url, "--size", str(SIZE), "--chunk", str(CHUNK),
+            "--quiet", "--storage-option", f"endpoint_url={endpoint}", "--storage-option",
+            "key=testing", "--storage-option", "secret=testing", *flags]
+
+
+def _lock_key(url: str, endpoint: str) -> tuple[s3fs.S3FileSystem, str]:
+    return s3fs.S3FileSystem(**_options(endpoint)), f"{url.removeprefix('s3://')}/.xraybatch.lock"
+
+
+def test_second_writer_on_s3_is_refused_while_the_lock_is_held(endpoint, synth_small, holder,
+                                                               tmp_path, capsys):
+    url = "s3://xrb/locked.zarr"
+    fs, key = _lock_key(url, endpoint)
+    fs.pipe_file(f"{url}/zarr.json", b'{"zarr_format": 3, "node_type": "group"}')  # to resume
+    proc = holder(url, tmp_path / "go")
+    capsys.readouterr()
+    for flag in ("", "--resume", "--overwrite"):
+        assert cli.main(_ingest(synth_small, url, endpoint, *([flag] if flag else []))) == 2
+        assert capsys.readouterr().err == (
+            f"xraybatch ingest: error: {url} is being written by pid {proc.pid} on "
+            f"{socket.gethostname()}; wait for that ingest to finish\n"), flag
+    (tmp_path / "go").touch()
+    assert proc.wait(timeout=60) == 0
+    fs.invalidate_cache()
+    assert not fs.exists(key)  # released by its holder
+    assert lock.writer(StoreRef(url, _options(endpoint))) is None
+
+
+def test_lock_of_a_killed_writer_on_s3_expires(endpoint, synth_small, holder, reference,
+                                               tmp_path, capsys):
+    url = "s3://xrb/killed.zarr"
+    proc = holder(url, tmp_path / "never", XRAYBATCH_LOCK_LEASE="1.5")
+    proc.kill()  # as kill -9: no chance to delete its lock
+    proc.wait(timeout=30)
+    capsys.readouterr()
+    assert cli.main(_ingest(synth_small, url, endpoint)) == 2
+    assert f"is being written by pid {proc.pid} on" in capsys.readouterr().err
+    ref = StoreRef(url, _options(endpoint))
+    wait_until(lambda: lock.writer(ref) is None, 10, "the killed writer's lease to run out")
+    assert cli.main(_ingest(synth_small, url, endpoint)) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"xraybatch: warning: took over the writer lock of {url} from pid "
+                          f"{proc.pid} on {socket.gethostname()}, whose lease ran out at "), err
+    assert err.count("\n") == 1  # and no other: moto honours the conditions, as S3 does
+    assert_same_store(ref.open("r"), reference)
+    fs, key = _lock_key(url, endpoint)
+    assert not fs.exists(key)  # released at the end of the run
+
+
+def test_s3_lock_steps_are_conditional(endpoint):
+    """Renewal, takeover and deletion go through If-Match: a stale version never wins."""
+    ref = StoreRef("s3://xrb/cas.zarr", _options(endpoint))
+    fs, key = _lock_key(ref.url, endpoint)
+    with lock.locked(ref, lease=0.4):
+        first = fs.info(key, refresh=True)["ETag"]
+        wait_until(lambda: fs.info(key, refresh=True)["ETag"] != first, 5, "a renewal")
+        lease = lock._Lease.of(ref)
+        assert isinstance(lease, lock._S3Lease)
+        with pytest.raises(FileExistsError):
+            lease.create(b"{}")
+        with pytest.raises(lock._Lost):
+            lease.replace(b"{}", first)  # the version before the renewal
+        lease.delete(first)  # not the current version: left alone
+        assert fs.exists(key)
+        store._clear(ref)  # --overwrite clears the store, never its lock
+        assert fs.exists(key)
+    assert not fs.exists(key)
+
+
+def test_s3_store_in_a_missing_bucket_is_one_line(endpoint, synth_small, capsys):
+    url = "s3://no-such-bucket/x.zarr"
+    assert cli.main(_ingest(synth_small, url, endpoint)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"xraybatch ingest: error: cannot write the writer lock of {url}: ")
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("start", ["absent", "expired"])
+def test_of_writers_racing_on_s3_exactly_one_wins(endpoint, start):
+    """Eight writers at once on a store without a lock (eight conditional creates), or with
+    an expired one (all eight read it, then all eight swap it at once)."""
+    ref = StoreRef(f"s3://xrb/race-{start}.zarr", _options(endpoint))
+    fs, key = _lock_key(ref.url, endpoint)
+    if start == "expired":
+        fs.pipe_file(key, b'{"host": "gone", "pid": 1, "token": "t", "expires": 0, "lease": 1}')
+    at_start, at_swap = threading.Barrier(8), threading.Barrier(8)
+
+    class Racing(lock._S3Lease):
+        swaps = 0
+
+        def replace(self, data, tag):
+            if not self.swaps:  # a takeover: wait until every writer has read the old lock
+                self.swaps += 1
+                at_swap.wait(timeout=30)
+            return super().replace(data, tag)
+
+    def race(_):
+        lease = Racing(fs, key)
+        at_start.wait(timeout=30)
+        try:
+            return lock._acquire(lease, ref.url, 30)[0].token
+        except StoreError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(race, range(8)))
+    winners = [t for t in tokens if t]
+    assert len(winners) == 1, tokens
+    assert json.loads(fs.cat_file(key))["token"] == winners[0]

@@ -90,8 +90,8 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, str]:
     {'train/a.jpeg': 'cat'}
     """
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        with open(path, newline="", encoding="utf-8-sig") as f:  # an Excel export's BOM
+            rows = [{(k or "").strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ScanError(f"cannot read label CSV {path}: {e}") from None
     if not rows:
@@ -105,7 +105,8 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, str]:
         rel, cls = (row.get("path") or "").strip(), (row.get(key) or "").strip()
         if not rel or not cls:
             raise ScanError(f"label CSV {path} line {i}: empty path or class")
-        mapping[Path(rel).as_posix()] = cls
+        rel = Path(rel).as_posix()
+        mapping[tables.inside(rel) or rel] = cls  # a/../b is b; ../b stays (outside_root)
     return mapping
 
 
@@ -207,7 +208,9 @@ def scan(root: str | os.PathLike | None, labels: str = "folder",
         rows.append((rel, split, cls, size))
     if csv_map is not None:  # listed but absent: kept, so the decoder reports them as missing
         for rel, cls in csv_map.items():
-            if rel not in rels:
+            if rel not in rels and tables.inside(rel) is None:  # never read outside the root
+                skipped.append((rel, "outside_root"))
+            elif rel not in rels:
                 rows.append((rel, _split_of(tuple(rel.split("/")), has_splits)[0], cls, -1))
 
     if not rows:

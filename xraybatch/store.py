@@ -121,8 +121,8 @@ def _clear(ref: StoreRef) -> None:
     else:
         fs, path = ref.fs()
         fs.pipe_file(f"{path}/zarr.json", stub)  # one PUT: atomic on object stores
-        for entry in fs.ls(path, detail=False):
-            if entry.rstrip("/").rsplit("/", 1)[-1] != "zarr.json":
+        for entry in fs.ls(path, detail=False, refresh=True):  # (s3fs caches listings)
+            if entry.rstrip("/").rsplit("/", 1)[-1] not in ("zarr.json", LOCK_NAME):
                 fs.rm(entry, recursive=True)
 
 

@@ -20,6 +20,7 @@ decoder's reason code ``missing``.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field, replace
 
@@ -38,7 +39,9 @@ REASONS: dict[str, str] = {
                  "other than 1, 0, -1 or blank)",
     "bad_split": "the row's split is not one of train, val (valid, validation), test",
     "duplicate_row": "the row names a file an earlier row already names (the first is kept)",
-    "outside_root": "the row's path is absolute (or a URL) but not below the root",
+    "no_path": "the row's path cell is empty",
+    "outside_root": "the row's path is absolute (or a URL) but not below the root, or "
+                    "relative and climbs out of it (../)",
 }
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
@@ -147,33 +150,106 @@ def columns_for(preset: str | None = None, **mapping) -> Columns:
 
 def read_table(path: str, columns: Columns, storage_options: dict | None = None
                ) -> pd.DataFrame:
-    """The columns ``columns`` names, as text ("" for empty cells), in table order."""
-    wanted = [c for c in (columns.path, columns.label, columns.labels, *columns.findings,
-                          columns.split, columns.patient) if c]
+    """The columns ``columns`` names, as text ("" for empty cells), in table order.
+
+    The frame has a fresh ``RangeIndex`` whatever index the file saved (a Parquet file
+    written from ``pd.concat`` repeats its index; a named index, e.g. after ``set_index``,
+    becomes a column again), column names are matched without surrounding whitespace or a
+    byte-order mark, and a mapped name that occurs twice is a :class:`TableError`. Cells are
+    the text CSV would hold for them: a Parquet table reads exactly as ``to_csv`` of the same
+    frame (numbers as pandas writes them, missing cells empty).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> t = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> _ = t.write_text(",\\ufeff Path ,label\\n0,a.png,1\\n0,b.png,\\n")  # index saved, BOM
+    >>> read_table(str(t), Columns(path="Path", label="label")).values.tolist()
+    [['a.png', '1'], ['b.png', '']]
+    """
+    wanted = list(dict.fromkeys(_clean(c) for c in (
+        columns.path, columns.label, columns.labels, *columns.findings, columns.split,
+        columns.patient) if c))
     options = dict(storage_options or {}) if listing.is_url(path) else None
     try:
         if path.lower().endswith((".parquet", ".pq")):
-            frame = _read_parquet(path, options)
+            frame = _read_parquet(path, options, wanted)
         else:
-            sep = "\t" if path.lower().endswith(".tsv") else ","
-            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False,
-                                usecols=lambda c: c in wanted, storage_options=options)
+            frame = _read_csv(path, options, wanted)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise TableError(f"cannot read table {path}: {e}") from None
-    absent = [c for c in dict.fromkeys(wanted) if c not in frame.columns]
+    absent = [c for c in wanted if c not in frame.columns]
     if absent:
         raise TableError(f"table {path} has no column {', '.join(map(repr, absent))} "
                          f"(map the columns with the --*-column options or --table-preset)")
-    return frame[list(dict.fromkeys(wanted))]
+    return frame[wanted]
 
 
-def _read_parquet(path: str, options: dict | None) -> pd.DataFrame:
+def _clean(name: object) -> str:
+    """A column name as matched: without surrounding whitespace or a byte-order mark."""
+    return str(name).replace("\ufeff", "").strip()
+
+
+def _positions(names: list, wanted: list[str], path: str) -> dict[int, str]:
+    """Position -> cleaned name of each wanted column; a wanted name found twice is an error."""
+    found: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        if _clean(name) in wanted:
+            found.setdefault(_clean(name), []).append(i)
+    twice = {name: at for name, at in found.items() if len(at) > 1}
+    if twice:
+        name, at = next(iter(twice.items()))
+        raise TableError(f"table {path} has {len(at)} columns named {name!r} (columns "
+                         f"{', '.join(str(i + 1) for i in at)}): rename or drop all but one")
+    return {at[0]: name for name, at in found.items()}
+
+
+def _read_csv(path: str, options: dict | None, wanted: list[str]) -> pd.DataFrame:
+    # The header as written (pandas would rename a repeated name "Path.1" and take the first):
+    sep = "\t" if path.lower().endswith(".tsv") else ","
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str,
+                         keep_default_na=False, storage_options=options)
+    keep = _positions(header.iloc[0].tolist() if len(header) else [], wanted, path)
+    # Everything as text: ids keep their leading zeros, "NA" stays a word, blank stays "".
+    frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, usecols=list(keep),
+                        storage_options=options)
+    frame.columns = [keep[i] for i in sorted(keep)]
+    return frame.reset_index(drop=True)
+
+
+def _read_parquet(path: str, options: dict | None, wanted: list[str]) -> pd.DataFrame:
     try:
-        import pyarrow  # noqa: F401
+        import pyarrow
     except ImportError:
         raise ImportError(_PARQUET_HINT) from None
-    frame = pd.read_parquet(path, storage_options=options)
-    return frame.astype(object).where(frame.notna(), "").astype(str)
+    try:
+        frame = pd.read_parquet(path, storage_options=options)
+    except pyarrow.ArrowException as e:  # a repeated name, a damaged file: say which, in one line
+        _positions(_parquet_names(path, options), wanted, path)
+        raise TableError(f"cannot read table {path}: {str(e).splitlines()[0]}") from None
+    # pandas restores the index the file saved: a repeated one (pd.concat) breaks every
+    # lookup by label. A named index (set_index) is a column the user may map; others go.
+    named = [n for n in frame.index.names if n is not None and n not in frame.columns]
+    if named:
+        frame = frame.reset_index(level=named)
+    frame = frame.reset_index(drop=True)
+    keep = _positions(list(frame.columns), wanted, path)
+    picked = frame.iloc[:, sorted(keep)]
+    picked.columns = [keep[i] for i in sorted(keep)]
+    # The text to_csv would write (3, 1.5, True), "" for missing cells: as the same rows in CSV.
+    return picked.astype(object).where(picked.notna(), "").astype(str)
+
+
+def _parquet_names(path: str, options: dict | None) -> list[str]:
+    """The column names a Parquet file's schema holds ([] if it has none to read)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(path, "rb", **(options or {})) as f:
+            return pq.read_schema(f).names
+    except Exception:  # noqa: BLE001 (the caller reports the first error)
+        return []
 
 
 def scan_table(table: str, root: str | None = None, columns: Columns | None = None,
@@ -193,7 +269,7 @@ def scan_table(table: str, root: str | None = None, columns: Columns | None = No
     >>> found.skipped.values.tolist()
     [['b.png', 'duplicate_row']]
     """
-    columns = columns or Columns()
+    columns = _cleaned(columns or Columns())
     kind = columns.kind
     table = os.fspath(table)
     if root is None:
@@ -209,6 +285,7 @@ def scan_table(table: str, root: str | None = None, columns: Columns | None = No
     paths = _resolve(frame[columns.path].str.strip(), root, storage_options, progress, own)
     bad = np.full(len(frame), "", dtype=object)  # numpy: a million rows stay cheap
     bad[paths.isna().to_numpy()] = "outside_root"
+    bad[(frame[columns.path].str.strip() == "").to_numpy()] = "no_path"  # (NaN in Parquet)
     split = _splits(frame, columns, paths.fillna(""))
     bad[(bad == "") & split.isna().to_numpy()] = "bad_split"
     if kind == "single":
@@ -239,6 +316,13 @@ def scan_table(table: str, root: str | None = None, columns: Columns | None = No
     manifest["bytes"] = paths.attrs["sizes"][kept]
     manifest["patient_id"] = _patients(frame, columns, rel)[kept].to_numpy(object)
     return _ordered(root, manifest, classes, skipped, findings)
+
+
+def _cleaned(columns: Columns) -> Columns:
+    """``columns`` with its names as :func:`read_table` matches them (``" Path "``: ``Path``)."""
+    names = {k: _clean(v) for k in ("path", "label", "labels", "split", "patient")
+             if (v := getattr(columns, k))}
+    return replace(columns, **names, findings=tuple(_clean(f) for f in columns.findings))
 
 
 def _ordered(root: str, manifest: pd.DataFrame, classes: list[str], skipped: pd.DataFrame,
@@ -276,6 +360,7 @@ def _resolve(paths: pd.Series, root: str, storage_options: dict | None,
     if absolute.any():
         inside = absolute & rel.str.startswith(base + "/")
         rel = rel.where(~inside, rel.str.slice(len(base) + 1)).where(~absolute | inside)
+    rel = _contained(rel)
     where = np.full(len(rel), -1)
     if sizes:  # an empty root (or one without these files): every row is missing
         known = pd.Index(list(sizes), dtype=object)
@@ -295,6 +380,49 @@ def _resolve(paths: pd.Series, root: str, storage_options: dict | None,
     # -1 (not found) picks the appended -1.
     rel.attrs["sizes"] = np.append(np.fromiter(sizes.values(), np.int64, len(sizes)), -1)[where]
     return rel
+
+
+def _contained(rel: pd.Series) -> pd.Series:
+    """Relative paths normalised by :func:`inside` (NaN: outside the root).
+
+    Only the few odd paths are looked at: a million plain rows cost one vectorised match.
+
+    Examples
+    --------
+    >>> _contained(pd.Series(["a.png", "a/../b.png", "../x", "a/../../x", "..\\\\x", "a//b"])
+    ...            ).tolist()
+    ['a.png', 'b.png', nan, nan, nan, 'a/b']
+    """
+    odd = rel.str.contains(r"\.\.|\./|//|\\|/\.$", regex=True, na=False).to_numpy()
+    if not odd.any():
+        return rel
+    rel = rel.copy()
+    rel[odd] = rel[odd].map(inside)
+    return rel
+
+
+def inside(path: str) -> str | None:
+    """``path`` (relative to a root) normalised; None if it climbs out of the root or is
+    absolute.
+
+    A table that came with a download must not make xraybatch read files elsewhere on the
+    machine: ``../x.png`` and ``a/../../x`` are outside the root, as is ``..\\x`` (read with
+    Windows separators too: refused rather than guessed). Symbolic links are not resolved:
+    a link inside a scanned folder is the user's own choice.
+
+    Examples
+    --------
+    >>> inside("a/./b//c.png"), inside("a/../b.png"), inside("../x.png"), inside("/etc/x")
+    ('a/b/c.png', 'b.png', None, None)
+    >>> inside("a\\\\..\\\\..\\\\x") is None  # a, .., .., x with Windows separators
+    True
+    """
+    if path.startswith("/") or "://" in path:
+        return None
+    fixed = posixpath.normpath(path)
+    climbs = [p == ".." or p.startswith("../")
+              for p in (fixed, posixpath.normpath(path.replace("\\", "/")))]
+    return None if any(climbs) else fixed
 
 
 def _by_name(sizes: dict[str, int]) -> dict[str, str]:
