@@ -199,7 +199,7 @@ def _big(rows: float, ratios: np.ndarray) -> float:
     >>> _big(10_000, np.array([0.5, 0.25, 0.25])), _big(100, np.array([0.5, 0.5]))
     (12.5, 2.0)
     """
-    return max(2.0, 0.005 * rows * ratios[ratios > 0].min())
+    return max(2.0, 0.005 * rows * float(ratios[ratios > 0].min()))
 
 
 def _place_one_by_one(placed: np.ndarray, size: np.ndarray, count: np.ndarray,
