@@ -151,6 +151,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
               f"({ds.attrs.get('n_images')} images); finish it with "
               f"'xraybatch ingest SRC {args.out} --resume'", file=sys.stderr)
         return EXIT_FAILED_FILES
+    if ds.attrs.get("split_pending"):
+        print(f"xraybatch stats: warning: an interrupted 'xraybatch split' left {args.out}'s "
+              f"split half rewritten: run it again, or 'xraybatch split {args.out} --restore'",
+              file=sys.stderr)
     stats = ds.stats()
     if args.json:
         print(json.dumps(stats, indent=1))
@@ -276,13 +280,17 @@ def _print_split(result) -> None:
                         index=result.splits)
     rows["share"] = rows.images / max(n, 1)
     if a["method"] != "scan":
-        rows["target"] = [a["ratios"].get(s, float("nan")) for s in result.splits]
+        rows["target"] = ["kept" if s == a["keep"] else f"{a['ratios'][s]:.3f}"
+                          if s in a["ratios"] else "" for s in result.splits]
         rows["groups"] = [s["groups"] for s in summary["per_split"].values()]
     shares = result.class_counts.div(rows.images.replace(0, 1), axis=0)
     rows = rows.join(shares.add_suffix(" %") * 100)
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(rows.to_string())
     if a["method"] != "scan":
+        if a["keep"]:
+            print(f"{a['keep']} kept: its {a['kept']} images as they were, and {a['joined']} "
+                  "images of the same groups joined it")
         print("no group is in more than one split")
     if result.written:
         print(f"wrote the split (store version {result.version}); the scan's split is kept: "

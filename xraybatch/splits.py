@@ -8,10 +8,11 @@ rewritten (:func:`xraybatch.store.write_split`), never the pixels.
 
 Dealing is vectorised (a million rows in seconds). Groups large against the smallest split
 are placed first, one by one, where they leave the split sizes (and, stratified, the class
-shares) closest to their targets; every other group is placed by a cut of its stratum (the
+shares) closest to their targets. Most other groups are placed by a cut of their stratum (the
 groups with the same set of classes, in a random order) at the fractions the stratum still
 needs, rotated at random per stratum, so each stratum is split in the ratios up to one group
-per cut.
+per cut. A random reserve of groups (all of them in a small store) is then placed one by one
+like the largest, which absorbs the cuts' rounding.
 """
 
 from __future__ import annotations
@@ -244,12 +245,11 @@ def _cut(rest: np.ndarray, size: np.ndarray, strata: np.ndarray, ratios: np.ndar
     if not len(rest):
         return
     n_strata = int(strata.max()) + 1
-    done = where >= 0
-    dealt = np.flatnonzero(done)
+    dealt = np.flatnonzero(where >= 0)
     total = (np.bincount(strata[dealt], weights=size[dealt], minlength=n_strata)
              + np.bincount(strata[rest], weights=size[rest], minlength=n_strata))
     taken = np.zeros((n_strata, len(ratios)))
-    np.add.at(taken, (strata[done], where[done]), size[done])
+    np.add.at(taken, (strata[dealt], where[dealt]), size[dealt])
     want = np.clip(ratios * total[:, None] - taken, 0, None)
     want[want.sum(axis=1) == 0] = ratios
     edges = np.cumsum(want / want.sum(axis=1, keepdims=True), axis=1)
@@ -339,28 +339,32 @@ def split(out: str, by: tuple[str, ...] | str, ratios: dict[str, float] | str = 
         ratios = ",".join(str(v) for v in ratios.values())
     ratios = parse_ratios(ratios)
     ds = _open_for_split(out, storage_options)
-    groups = groups_of(ds, by, threshold)
-    names = list(ds.splits) + [s for s in ratios if s not in ds.splits]
-    targets = [names.index(s) for s in ratios]
-    values = np.full(len(ds), -1, np.int8)
-    free = np.ones(len(ds), bool)
-    if keep is not None:
-        free = _kept(ds, groups, keep, values)
     fractions = np.array([0.0 if s == keep else r for s, r in ratios.items()])
+    if keep is not None and keep not in ds.splits:
+        raise ValueError(f"--keep {keep}: the store has no split {keep} "
+                         f"(it has {', '.join(ds.splits)})")
     if fractions.sum() == 0:
         raise ValueError(f"--ratios {','.join(map(str, ratios.values()))} leave nothing for "
                          f"the images outside {keep}")
-    local = np.unique(groups[free], return_inverse=True)[1]
+    groups = groups_of(ds, by, threshold)
+    names = list(ds.splits) + [s for s in ratios if s not in ds.splits]
+    values = np.full(len(ds), -1, np.int8)
+    free = np.ones(len(ds), bool) if keep is None else _kept(ds, groups, keep, values)
     members = ds.class_membership(valid_only=False)  # a file's class, stored or not
-    where = deal(local, fractions / fractions.sum(), np.random.default_rng(seed),
-                 members[free] if stratify else None)
-    values[free] = np.asarray(targets, np.int8)[where[local]]
+    if free.any():
+        local = np.unique(groups[free], return_inverse=True)[1]
+        where = deal(local, fractions / fractions.sum(), np.random.default_rng(seed),
+                     members[free] if stratify else None)
+        values[free] = np.array([names.index(s) for s in ratios], np.int8)[where[local]]
     _check_no_straddle(groups, values)
     assignment = {
         "method": "stratified" if stratify else "random", "by": list(by), "ratios": ratios,
         "stratify": stratify, "seed": seed, "keep": keep, "threshold": threshold,
         "when": _now(), "groups": int(groups.max()) + 1,
         "counts": _counts(values, names)}
+    if keep is not None:  # rows of the kept split, and rows that joined it with their group
+        kept = int((ds.split == ds.splits.index(keep)).sum())
+        assignment |= {"kept": kept, "joined": int((~free).sum()) - kept}
     source = (f"xraybatch split --by {','.join(by)} --ratios "
               f"{','.join(f'{r:g}' for r in ratios.values())}"
               + (" --stratify" if stratify else "") + f" --seed {seed}"
@@ -399,9 +403,6 @@ def _open_for_split(out: str, storage_options: dict | None) -> XrayStore:
 def _kept(ds: XrayStore, groups: np.ndarray, keep: str, values: np.ndarray) -> np.ndarray:
     """Fix the rows of split ``keep`` and of every group that touches them to ``keep``;
     the rows left free."""
-    if keep not in ds.splits:
-        raise ValueError(f"--keep {keep}: the store has no split {keep} "
-                         f"(it has {', '.join(ds.splits)})")
     index = ds.splits.index(keep)
     kept = ds.split == index
     if not kept.any():

@@ -222,7 +222,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
-    # The arrays' metadata never changes after this.
+    # The arrays' metadata changes after this only in write_split (consolidated again).
     return zarrio.consolidate(group)
 
 
@@ -359,7 +359,7 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
     group.update_attributes({"summary": summary, "complete": True, "completed":
                              _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
     if group.metadata.consolidated_metadata is None:  # the group was opened without it
-        zarrio.consolidate(group)  # (create() consolidates; the arrays never change afterwards)
+        zarrio.consolidate(group)  # (create() and write_split consolidate)
 
 
 # --- split assignments and history ------------------------------------------------------
