@@ -17,6 +17,7 @@ import xraybatch
 from xraybatch import lock, splits, store, zarrio
 from xraybatch.cli import main
 from xraybatch.location import StoreRef
+from xraybatch.report import write_report
 from xraybatch.scan import scan
 from xraybatch.synth_dicom import synth_dicom
 
@@ -156,6 +157,9 @@ def test_split_by_patient_removes_planted_leaks(dicom_copy: Path, capsys) -> Non
     for s in ds.splits:
         assert sum(v["images"] for v in stats["per_split_class"][s].values()) == int(
             (valid.split == s).sum())
+    pytest.importorskip("matplotlib")
+    page = write_report(dicom_copy, dicom_copy.parent / "report").index.read_text()
+    assert "Patients in more than one split" not in page  # (test_patients: shown before)
 
 
 def test_kermany_names_in_a_folder(synth_copy: Path, tmp_path: Path, capsys) -> None:

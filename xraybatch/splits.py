@@ -134,7 +134,13 @@ def components(*partitions: np.ndarray) -> np.ndarray:
 
 
 def content_groups(ds: XrayStore, threshold: float | None = None) -> np.ndarray:
-    """Near-duplicate group per row (:func:`xraybatch.dups.duplicate_groups`)."""
+    """Near-duplicate group per row (:func:`xraybatch.dups.duplicate_groups`).
+
+    Examples
+    --------
+    >>> content_groups(xraybatch.open("xray.zarr"))[:4]  # doctest: +SKIP
+    array([0, 1, 1, 2])
+    """
     try:
         from .dups import duplicate_groups
     except ImportError:
@@ -145,7 +151,13 @@ def content_groups(ds: XrayStore, threshold: float | None = None) -> np.ndarray:
 
 def groups_of(ds: XrayStore, by: tuple[str, ...], threshold: float | None = None
               ) -> np.ndarray:
-    """The group of every row of ``ds`` joined on ``by`` (see :func:`components`)."""
+    """The group of every row of ``ds`` joined on ``by`` (see :func:`components`).
+
+    Examples
+    --------
+    >>> groups_of(xraybatch.open("xray.zarr"), ("patient", "content"))  # doctest: +SKIP
+    array([0, 0, 1, ..., 4021])
+    """
     partitions = []
     if "patient" in by:
         partitions.append(patient_partition(ds.patient_ids()))

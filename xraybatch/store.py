@@ -394,6 +394,12 @@ def record_history(group: zarr.Group, entry: dict[str, Any],
 
     ``entry`` holds ``action`` and ``source`` (and ``rows``); ``when``, ``version`` and
     ``xraybatch_version`` are filled in. A store without ``version`` is at version 1.
+
+    Examples
+    --------
+    >>> record_history(group, {"action": "split", "source": "xraybatch split --restore",
+    ...                        "rows": [0, 248]}, {"split_token": "..."})  # doctest: +SKIP
+    2
     """
     version = int(group.attrs.get("version", 1)) + 1
     entry = {"when": _now(), **entry, "version": version, "xraybatch_version": __version__}
@@ -412,6 +418,12 @@ def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
     which nothing rewrote before. ``attrs["split_pending"]`` marks the rewrite until the
     commit (one ``zarr.json`` write), so an interrupted one is known; ``split_token``
     changes, so results keyed on the assignment are recomputed.
+
+    Examples
+    --------
+    >>> write_split(StoreRef("xray.zarr"), values, ["train", "val", "test"],
+    ...             {"method": "random"}, {"action": "split", "source": "..."})  # doctest: +SKIP
+    2
     """
     group = ref.open("r+")
     old = list(group.attrs["splits"])
