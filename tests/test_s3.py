@@ -126,3 +126,22 @@ def test_missing_s3fs_is_a_one_line_error(synth_small, tmp_path):
     hint = "s3:// stores need s3fs: pip install 'xraybatch[s3]'"
     assert run.stderr.splitlines() == [f"xraybatch ingest: error: {hint}",
                                        f"xraybatch stats: error: {hint}"]
+
+
+def test_split_and_restore_an_s3_store(endpoint, synth_small, capsys):
+    """xraybatch split on object storage: the split, its attributes, the consolidated
+    metadata and --restore (issue 19)."""
+    url, options = "s3://xrb/split.zarr", _options(endpoint)
+    xraybatch.ingest(synth_small, url, size=16, chunk=CHUNK, storage_options=options)
+    flags = [f"--storage-option={k}={v}" for k, v in options.items()]
+    scanned = xraybatch.open(url, storage_options=options).split
+    assert cli.main(["split", url, "--by", "patient", "--ratios", "0.5,0.5", *flags]) == 0
+    ds = xraybatch.open(url, storage_options=options)
+    assert (ds.original_split == scanned).all() and (ds.split != scanned).any()
+    assert ds.attrs["split_assignment"]["ratios"] == {"train": 0.5, "test": 0.5}
+    assert ds.stats()["patients"]["in_several_splits"]["count"] == 0
+    if xarray_installed():
+        assert (ds.to_xarray().split.values == ds.split).all()
+    assert cli.main(["split", url, "--restore", *flags]) == 0
+    assert (xraybatch.open(url, storage_options=options).split == scanned).all()
+    capsys.readouterr()
