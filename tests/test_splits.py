@@ -322,6 +322,8 @@ def test_store_without_split_original_saves_it_first(tmp_path: Path, capsys) -> 
     assert cli(capsys, "split", out, "--by", "patient", "--ratios", "0.5,0.5")[0] == 0
     ds = xraybatch.open(str(out))
     assert (ds.original_split == original).all() and (ds.split != original).any()
+    saved, active = ds.array("split_original"), ds.array("split")
+    assert (saved.compressors, saved.chunks) == (active.compressors, active.chunks)
     assert cli(capsys, "split", out, "--restore")[0] == 0
     assert (xraybatch.open(str(out)).split == original).all()
 

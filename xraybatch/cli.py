@@ -218,8 +218,8 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
     s = sub.add_parser(
         "split", formatter_class=fmt, help="write a leak-free train/val/test split of a store",
-        description="Rewrite the store's split assignment (not its pixels) so that no patient "
-                    "and no near-duplicate group is in more than one split. The scan's "
+        description="Rewrite the store's split assignment (not its pixels) so that no patient\n"
+                    "and no near-duplicate group is in more than one split. The scan's\n"
                     "assignment is kept: --restore puts it back.",
         epilog=_examples("""
             xraybatch split xray.zarr --by patient,content --ratios 0.8,0.1,0.1 --stratify

@@ -146,7 +146,10 @@ def content_groups(ds: XrayStore, threshold: float | None = None) -> np.ndarray:
     except ImportError:
         raise StoreError("--by content needs xraybatch.dups (content fingerprints), which "
                          "this build lacks; use --by patient") from None
-    return np.asarray(duplicate_groups(ds, threshold), dtype=np.int64)
+    groups = np.asarray(duplicate_groups(ds, threshold), dtype=np.int64)
+    if groups.shape != (len(ds),):
+        raise RuntimeError(f"duplicate_groups gave {groups.shape} groups for {len(ds)} rows")
+    return groups
 
 
 def groups_of(ds: XrayStore, by: tuple[str, ...], threshold: float | None = None

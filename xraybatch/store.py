@@ -454,7 +454,7 @@ def _save_original(group: zarr.Group, splits: list[str]) -> None:
     array = group.create_array("split_original", shape=current.shape, dtype="int8",
                                chunks=current.chunks, fill_value=0, overwrite=True,
                                dimension_names=("sample",), attributes=_split_flags(splits),
-                               compressors=ZstdCodec(level=1))
+                               compressors=current.compressors)  # as split's own
     sync(zarrio.whole_chunks(array._async_array).setitem(slice(None), current[:]))
     zarrio.consolidate(group)
 
