@@ -8,8 +8,9 @@ without xraybatch)::
     hist          (sample, bin)   int32    256-bin histogram of each stored image
     labels        (sample,)       int16    class index (CF flag_values / flag_meanings)
     split         (sample,)       int8     index into attrs["splits"]: the active assignment
-    split_original (sample,)      int8     the scan's assignment, never rewritten (``split``
-                                           rewrites ``split``; ``--restore`` copies this back)
+    split_original (sample,)      int8     the scan's assignment, never rewritten (``xraybatch
+                                           split`` rewrites ``split``, ``--restore`` copies
+                                           this back)
     valid         (sample,)       bool     false where the file could not be used
     status        (sample,)       str      "ok" or a reason code (xraybatch.decode.REASONS)
     message       (sample,)       str      the decoder's message for failures or warnings
@@ -201,11 +202,10 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         flag_values=list(range(len(classes))),
         flag_meanings=" ".join(c.replace(" ", "_") for c in classes))
     arrays["split"]["attributes"] = arrays["split_original"]["attributes"] = _split_flags(splits)
+    split = manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8)
     scanned = {
         "labels": manifest.label.to_numpy(np.int16),
-        "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
-        "split_original": manifest.split.map({s: i for i, s in enumerate(splits)}
-                                             ).to_numpy(np.int8),
+        "split": split, "split_original": split,
         "path": manifest.path.to_numpy(dtype=object),
         "file_bytes": manifest.bytes.to_numpy(np.int64),
         "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
