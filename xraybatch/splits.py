@@ -143,7 +143,9 @@ def content_groups(ds: XrayStore, threshold: float | None = None) -> np.ndarray:
     """
     try:
         from .dups import duplicate_groups
-    except ImportError:
+    except ModuleNotFoundError as e:  # (an import error inside dups propagates as it is)
+        if e.name != f"{__package__}.dups":
+            raise
         raise StoreError("--by content needs xraybatch.dups (content fingerprints), which "
                          "this build lacks; use --by patient") from None
     groups = np.asarray(duplicate_groups(ds, threshold), dtype=np.int64)
