@@ -460,3 +460,26 @@ def test_the_cut_alone_splits_each_stratum_in_the_ratios(monkeypatch, members: b
     if members:  # each class's own cut: within a few groups
         for s in range(3):
             assert np.abs(member[split == s].mean(0) - member.mean(0)).max() < 0.005
+
+
+def test_an_interrupted_split_is_known_and_mended(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Killed after the split chunks, before the commit: the store says so until a split or
+    a restore commits."""
+    ids, label = small_groups(300, 8)
+    out = make_store(tmp_path / "x.zarr", ids, label, leaky_split(300, 8))
+    scanned = xraybatch.open(str(out)).split
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "record_history", killed)
+        assert cli(capsys, "split", out, "--by", "patient")[0] == 130
+    ds = xraybatch.open(str(out))
+    assert "split_pending" in ds.attrs and "split_assignment" not in ds.attrs
+    code, _, err = cli(capsys, "stats", out)
+    assert code == 0 and "interrupted 'xraybatch split'" in err
+    assert cli(capsys, "split", out, "--restore")[0] == 0
+    ds = xraybatch.open(str(out))
+    assert "split_pending" not in ds.attrs and (ds.split == scanned).all()
+    assert cli(capsys, "stats", out)[2] == ""
