@@ -4,16 +4,20 @@ The store is made cheaply: :func:`xraybatch.store.create` writes what a scan kno
 labels, the scan's split, patient ids) and no image is written (8 x 8, all fill), then it is
 marked complete. Patients have 1-10 images (geometric, mean ~2.5), a fifth of the images have
 no patient id, the scan's split leaks patients (each image drawn 80/10/10 on its own), and
-classes are 60/25/15 by patient. Each run is a fresh process (``python -m xraybatch split``
-as a user types it, imports included): wall time and peak RSS, configurations interleaved,
-medians reported.
+classes are 60/25/15 by patient. Each run is a fresh process running ``xraybatch split`` as
+the command line does (imports included): wall time and peak RSS, configurations
+interleaved, medians reported. ``--by content`` reads near-duplicate groups made with the
+store (1% of the images copies of another, any patient's) in place of ``xraybatch.dups``: a
+store without images has no fingerprints, so the near-duplicate search itself is not timed
+here (its own benchmark is the dups one).
 
 Beside it, what users write instead, on the same arrays read from the same store:
 scikit-learn's ``GroupShuffleSplit`` (twice: test, then val out of the rest) and
 ``StratifiedGroupKFold(10)`` (one fold test, one val), timed in this process. For every
-method: patients in more than one split, the largest miss of a split's share of images
-against its ratio, and the largest miss of a class's share in a split against the whole, in
-percentage points. scikit-learn is optional (``pip install scikit-learn``).
+method: patients and near-duplicate groups in more than one split, the largest miss of a
+split's share of images against its ratio, and the largest miss of a class's share in a split
+against the whole, in percentage points. scikit-learn is optional (``pip install
+scikit-learn``).
 
 Usage::
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +52,11 @@ CONFIGS = {
     "patient": ["--by", "patient"],
     "patient, stratified": ["--by", "patient", "--stratify"],
     "patient, keep test": ["--by", "patient", "--keep", "test"],
+    "patient and content, stratified": ["--by", "patient,content", "--stratify"],
 }
+#: Near-duplicate groups of the synthetic store, read by the child runs in place of
+#: xraybatch.dups (a store without images has no fingerprints).
+CONTENT = "content.npy"
 
 
 def synthetic_manifest(n: int, seed: int = 0) -> pd.DataFrame:
@@ -66,21 +75,44 @@ def synthetic_manifest(n: int, seed: int = 0) -> pd.DataFrame:
         "patient_id": ids})
 
 
-def make_store(out: Path, n: int) -> None:
-    """The synthetic store: scan arrays written, no image, marked complete."""
+def make_store(out: Path, n: int) -> np.ndarray:
+    """The synthetic store (scan arrays written, no image, marked complete) and its
+    near-duplicate groups, also saved beside it: 1% of the images are copies of another
+    image, of any patient (so groups chain patients together)."""
     manifest = synthetic_manifest(n)
     group = store.create(StoreRef(str(out)), manifest, size=8, chunk=128, classes=CLASSES,
                          splits=["train", "val", "test"], attrs={"source": "synthetic"})
     store.mark_complete(group, {"n_images": n})
+    rng = np.random.default_rng(1)
+    content = np.arange(n)
+    copies = rng.choice(n, n // 100, replace=False)
+    content[copies] = rng.integers(0, n, len(copies))
+    np.save(out.parent / CONTENT, content)
+    return content
+
+
+def child(argv: list[str]) -> int:
+    """``xraybatch split ARGS`` in this process as the command line runs it, with the
+    near-duplicate groups of :data:`CONTENT` in place of ``xraybatch.dups``; prints the time
+    in ``main()`` and the peak RSS."""
+    from xraybatch import splits
+    from xraybatch.cli import main as cli_main
+
+    content = np.load(Path(argv[1]).parent / CONTENT)
+    splits.content_groups = lambda ds, threshold=None: content
+    t = time.perf_counter()
+    code = cli_main(argv)
+    print("BENCH", code, time.perf_counter() - t,
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return code
 
 
 def run_cli(out: Path, args: list[str]) -> dict:
-    """One ``xraybatch split`` in a fresh process: wall seconds and peak RSS (MB)."""
-    code = ("import resource, sys, time; from xraybatch.cli import main; t = time.perf_counter();"
-            " rc = main(sys.argv[1:]); s = time.perf_counter() - t;"
-            " print('BENCH', rc, s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    """One ``xraybatch split`` in a fresh process (:func:`child`): wall seconds and peak
+    RSS (MB)."""
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, "split", str(out), *args, "--json"],
+    done = subprocess.run([sys.executable, __file__, "--child", "split", str(out), *args,
+                           "--json"],
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
                               [str(ROOT), os.environ.get("PYTHONPATH", "")])}, check=True)
@@ -91,18 +123,20 @@ def run_cli(out: Path, args: list[str]) -> dict:
             "summary": summary}
 
 
-def quality(split: np.ndarray, names: list[str], patient: np.ndarray, label: np.ndarray,
-            ratios: dict[str, float]) -> dict:
-    """Leaked patients, the largest share miss (pp) and the largest class-share miss (pp)."""
+def quality(split: np.ndarray, names: list[str], patient: np.ndarray, content: np.ndarray,
+            label: np.ndarray, ratios: dict[str, float]) -> dict:
+    """Patients and near-duplicate groups in several splits, the largest share miss (pp)
+    and the largest class-share miss (pp)."""
     known = patient != ""
     frame = pd.DataFrame({"p": patient[known], "s": split[known]})
     leaked = int((frame.groupby("p").s.nunique() > 1).sum())
+    copies = pd.Series(split).groupby(content).nunique()
     share = {s: float(np.mean(split == i)) for i, s in enumerate(names)}
     whole = np.bincount(label, minlength=3) / len(label)
     class_miss = max(float(np.abs(np.bincount(label[split == i], minlength=3)
                                   / max((split == i).sum(), 1) - whole).max())
                      for i, s in enumerate(names) if ratios.get(s, 0) > 0)
-    return {"leaked_patients": leaked,
+    return {"leaked_patients": leaked, "leaked_duplicates": int((copies > 1).sum()),
             "share_miss_pp": 100 * max(abs(share[s] - r) for s, r in ratios.items()),
             "class_miss_pp": 100 * class_miss}
 
@@ -154,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "split.zarr"
         t = time.perf_counter()
-        make_store(out, args.n)
+        content = make_store(out, args.n)
         print(f"synthetic store of {args.n:,} rows made in {time.perf_counter() - t:.1f} s")
         ds = store.XrayStore(str(out))
         patient, label = ds.patient_ids(), ds.labels.astype(np.int64)
         ratios = {"train": 0.8, "val": 0.1, "test": 0.1}
-        print(f"scan's split: {quality(ds.split, ds.splits, patient, label, ratios)}")
+        print(f"scan's split: {quality(ds.split, ds.splits, patient, content, label, ratios)}")
         results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
         checked: dict[str, dict] = {}
         for _ in range(args.rounds):  # interleaved
@@ -167,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(run_cli(out, extra))
                 if name not in checked:  # (--keep test keeps the previous run's test)
                     now = store.XrayStore(str(out))
-                    checked[name] = quality(now.split, now.splits, patient, label, ratios)
+                    checked[name] = quality(now.split, now.splits, patient, content, label,
+                                            ratios)
         rows = [{"method": f"xraybatch split {' '.join(CONFIGS[name])}",
                  "seconds": statistics.median(r["seconds"] for r in runs),
                  "in main()": statistics.median(r["in_main"] for r in runs),
@@ -177,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, r in sklearn_runs(patient, label, args.sklearn_stratified_max).items():
                 rows.append({"method": name, "seconds": r["seconds"],
                              "in main()": float("nan"), "peak RSS MB": float("nan"),
-                             **quality(r["split"], ["train", "val", "test"], patient, label,
-                                       ratios)})
+                             **quality(r["split"], ["train", "val", "test"], patient, content,
+                                       label, ratios)})
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(table.to_string(index=False))
@@ -187,4 +222,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(child(sys.argv[2:]) if sys.argv[1:2] == ["--child"] else main())

@@ -436,12 +436,14 @@ def test_incomplete_and_busy_stores_are_refused(tmp_path: Path, capsys) -> None:
 def test_benchmark_smoke(monkeypatch, capsys) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     bench = importlib.import_module("split")
-    monkeypatch.setattr(bench, "CONFIGS", {"stratified": ["--by", "patient", "--stratify"]})
+    monkeypatch.setattr(bench, "CONFIGS", {"both": ["--by", "patient,content", "--stratify"]})
     assert bench.main(["--n", "3000", "--rounds", "1", "--no-sklearn"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.lstrip().startswith("xraybatch split")]
-    assert len(rows) == 1 and "leaked_patients" in out
-    assert all(line.split()[-3] == "0" for line in rows)  # no leaked patient
+    assert len(rows) == 1 and "leaked_patients  leaked_duplicates" in out
+    assert rows[0].split()[-4:-2] == ["0", "0"]  # no patient, no near-duplicate group leaks
+    scan = next(line for line in out.splitlines() if line.startswith("scan's split"))
+    assert "'leaked_patients': 0," not in scan  # (the scan's split leaks)
 
 
 @pytest.mark.parametrize("members", [False, True])
