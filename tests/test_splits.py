@@ -4,6 +4,7 @@ stratification, the store's records, and the readers that follow the new split."
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 from pathlib import Path
