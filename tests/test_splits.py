@@ -486,3 +486,29 @@ def test_an_interrupted_split_is_known_and_mended(tmp_path: Path, monkeypatch, c
     ds = xraybatch.open(str(out))
     assert "split_pending" not in ds.attrs and (ds.split == scanned).all()
     assert cli(capsys, "stats", out)[2] == ""
+
+
+def test_properties_of_components_and_deal() -> None:
+    """Any partitions, ratios and classes: the union equals a plain union-find, and every
+    group gets one split of positive ratio."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=40, deadline=None)
+    @hypothesis.given(st.integers(1, 60).flatmap(lambda n: st.tuples(
+        st.lists(st.integers(0, n), min_size=n, max_size=n),
+        st.lists(st.integers(0, n), min_size=n, max_size=n),
+        st.lists(st.integers(0, 2), min_size=n, max_size=n))),
+        st.lists(st.integers(0, 5), min_size=2, max_size=3).filter(any),
+        st.booleans(), st.integers(0, 2**32 - 1))
+    def check(rows, weights, stratify, seed) -> None:
+        a, b, label = (np.array(x) for x in rows)
+        groups = splits.components(a, b)
+        assert groups.tolist() == reference_components(a, b).tolist()
+        ratios = np.array(weights, float) / sum(weights)
+        where = splits.deal(groups, ratios, np.random.default_rng(seed),
+                            (label[:, None] == np.arange(3)) if stratify else None)
+        assert len(where) == groups.max() + 1
+        assert set(where.tolist()) <= set(np.flatnonzero(ratios > 0).tolist())
+
+    check()
