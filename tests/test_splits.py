@@ -494,7 +494,7 @@ def test_properties_of_components_and_deal() -> None:
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.settings(max_examples=40, deadline=None)
+    @hypothesis.settings(max_examples=40, deadline=None, database=None)
     @hypothesis.given(st.integers(1, 60).flatmap(lambda n: st.tuples(
         st.lists(st.integers(0, n), min_size=n, max_size=n),
         st.lists(st.integers(0, n), min_size=n, max_size=n),
