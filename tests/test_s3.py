@@ -276,3 +276,22 @@ def test_of_writers_racing_on_s3_exactly_one_wins(endpoint, start):
     winners = [t for t in tokens if t]
     assert len(winners) == 1, tokens
     assert json.loads(fs.cat_file(key))["token"] == winners[0]
+
+
+def test_split_and_restore_an_s3_store(endpoint, synth_small, capsys):
+    """xraybatch split on object storage: the split, its attributes, the consolidated
+    metadata and --restore (issue 19)."""
+    url, options = "s3://xrb/split.zarr", _options(endpoint)
+    xraybatch.ingest(synth_small, url, size=16, chunk=CHUNK, storage_options=options)
+    flags = [f"--storage-option={k}={v}" for k, v in options.items()]
+    scanned = xraybatch.open(url, storage_options=options).split
+    assert cli.main(["split", url, "--by", "patient", "--ratios", "0.5,0.5", *flags]) == 0
+    ds = xraybatch.open(url, storage_options=options)
+    assert (ds.original_split == scanned).all() and (ds.split != scanned).any()
+    assert ds.attrs["split_assignment"]["ratios"] == {"train": 0.5, "test": 0.5}
+    assert ds.stats()["patients"]["in_several_splits"]["count"] == 0
+    if xarray_installed():
+        assert (ds.to_xarray().split.values == ds.split).all()
+    assert cli.main(["split", url, "--restore", *flags]) == 0
+    assert (xraybatch.open(url, storage_options=options).split == scanned).all()
+    capsys.readouterr()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 _LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
          "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth"}
 _SUBMODULES = ("cli", "decode", "figures", "options", "phantom", "progress", "qc", "report",
-               "stats", "store", "synth", "torch_dataset", "zarrio")
+               "splits", "stats", "store", "synth", "torch_dataset", "zarrio")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect,report}``.
+"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect,report,split}``.
 
 Every command reports user errors (missing folder, bad label scheme, existing output...) as
 one line on stderr with exit code 2; ``ingest --strict`` exits 1 when any file failed.
@@ -210,7 +210,45 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="replace the report files of an existing DIR")
     _add_storage_option(r)
+    _add_split_parser(sub)
     return p
+
+
+def _add_split_parser(sub: argparse._SubParsersAction) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    s = sub.add_parser(
+        "split", formatter_class=fmt, help="write a leak-free train/val/test split of a store",
+        description="Rewrite the store's split assignment (not its pixels) so that no patient\n"
+                    "and no near-duplicate group is in more than one split. The scan's\n"
+                    "assignment is kept: --restore puts it back.",
+        epilog=_examples("""
+            xraybatch split xray.zarr --by patient,content --ratios 0.8,0.1,0.1 --stratify
+            xraybatch split xray.zarr --by patient --ratios 0.8,0.2 --seed 3   # train/test
+            xraybatch split xray.zarr --by patient,content --keep test  # official test set
+            xraybatch split xray.zarr --by patient --dry-run --json
+            xraybatch split xray.zarr --restore       # the scan's split again
+        """))
+    s.add_argument("out", help="store written by xraybatch ingest")
+    s.add_argument("--by", metavar="patient,content",
+                   help="what joins images into groups that stay together: patient (same "
+                        "patient id), content (near-duplicates, see xraybatch dups) or both")
+    s.add_argument("--ratios", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
+                   help="fractions of images per split, summing to 1: train,val,test or "
+                        "train,test (default: 0.8,0.1,0.1)")
+    s.add_argument("--stratify", action="store_true",
+                   help="split each class (multi-label: each set of findings) in the ratios")
+    s.add_argument("--seed", type=int, default=0,
+                   help="the same seed gives the same split (default: 0)")
+    s.add_argument("--keep", metavar="SPLIT",
+                   help="images of this split stay where they are (e.g. test); images grouped "
+                        "with them join it; the rest is split in the other ratios")
+    s.add_argument("--threshold", type=float, default=None,
+                   help="--by content: near-duplicate threshold (default: that of dups)")
+    s.add_argument("--restore", action="store_true",
+                   help="put the scan's split back (the assignment written at ingest)")
+    s.add_argument("--dry-run", action="store_true", help="report the split, write nothing")
+    s.add_argument("--json", action="store_true", help="print JSON (assignment, per split)")
+    _add_storage_option(s)
 
 
 class _Version(argparse.Action):

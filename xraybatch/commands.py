@@ -151,6 +151,10 @@ def _cmd_stats(args: argparse.Namespace) -> int:
               f"({ds.attrs.get('n_images')} images); finish it with "
               f"'xraybatch ingest SRC {args.out} --resume'", file=sys.stderr)
         return EXIT_FAILED_FILES
+    if ds.attrs.get("split_pending"):
+        print(f"xraybatch stats: warning: an interrupted 'xraybatch split' left {args.out}'s "
+              f"split half rewritten: run it again, or 'xraybatch split {args.out} --restore'",
+              file=sys.stderr)
     stats = ds.stats()
     if args.json:
         print(json.dumps(stats, indent=1))
@@ -238,6 +242,63 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_split(args: argparse.Namespace) -> int:
+    from .splits import restore, split
+
+    options = dict(dry_run=args.dry_run, storage_options=dict(args.storage_option))
+    if args.restore:
+        if args.by or args.stratify or args.keep:
+            raise ValueError("--restore puts the scan's split back: it takes no --by, "
+                             "--stratify or --keep")
+        result = restore(args.out, **options)
+    else:
+        if not args.by:
+            raise ValueError("--by is needed: patient, content or patient,content "
+                             "(or --restore)")
+        result = split(args.out, args.by, args.ratios, stratify=args.stratify,
+                       seed=args.seed, keep=args.keep, threshold=args.threshold, **options)
+    if args.json:
+        print(json.dumps(result.summary(), indent=1))
+    else:
+        _print_split(result)
+    return 0
+
+
+def _print_split(result) -> None:
+    import pandas as pd
+
+    summary, a = result.summary(), result.assignment
+    if a["method"] == "scan":
+        print(f"{result.out}: the scan's split assignment")
+    else:
+        print(f"{result.out}: split by {','.join(a['by'])} into groups that stay together "
+              f"({a['groups']} groups; seed {a['seed']}"
+              + (", stratified" if a["stratify"] else "")
+              + (f", {a['keep']} kept" if a["keep"] else "") + ")")
+    n = len(result.values)
+    rows = pd.DataFrame({"images": [s["images"] for s in summary["per_split"].values()]},
+                        index=result.splits)
+    rows["share"] = rows.images / max(n, 1)
+    if a["method"] != "scan":
+        rows["target"] = ["kept" if s == a["keep"] else f"{a['ratios'][s]:.3f}"
+                          if s in a["ratios"] else "" for s in result.splits]
+        rows["groups"] = [s["groups"] for s in summary["per_split"].values()]
+    shares = result.class_counts.div(rows.images.replace(0, 1), axis=0)
+    rows = rows.join(shares.add_suffix(" %") * 100)
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+        print(rows.to_string())
+    if a["method"] != "scan":
+        if a["keep"]:
+            print(f"{a['keep']} kept: its {a['kept']} images as they were, and {a['joined']} "
+                  "images of the same groups joined it")
+        print("no group is in more than one split")
+    if result.written:
+        print(f"wrote the split (store version {result.version}); the scan's split is kept: "
+              f"xraybatch split {shlex.quote(result.out)} --restore")
+    else:
+        print("dry run: nothing written")
+
+
 def _next_commands(out: str) -> str:
     """What to run on a store just written: its statistics, then its report."""
     report = out.rstrip("/").rsplit("/", 1)[-1] if "://" in out else out.rstrip("/")
@@ -249,4 +310,5 @@ def _next_commands(out: str) -> str:
 
 #: Subcommand name -> its implementation, called with the parsed arguments.
 COMMANDS = {"demo": _cmd_demo, "synth": _cmd_synth, "ingest": _cmd_ingest,
-            "stats": _cmd_stats, "inspect": _cmd_inspect, "report": _cmd_report}
+            "stats": _cmd_stats, "inspect": _cmd_inspect, "report": _cmd_report,
+            "split": _cmd_split}

@@ -7,7 +7,10 @@ without xraybatch)::
     images        (sample, y, x)  uint8    resized grayscale images; zero where invalid
     hist          (sample, bin)   int32    256-bin histogram of each stored image
     labels        (sample,)       int16    class index (CF flag_values / flag_meanings)
-    split         (sample,)       int8     index into attrs["splits"]
+    split         (sample,)       int8     index into attrs["splits"]: the active assignment
+    split_original (sample,)      int8     the scan's assignment, never rewritten (``xraybatch
+                                           split`` rewrites ``split``, ``--restore`` copies
+                                           this back)
     valid         (sample,)       bool     false where the file could not be used
     status        (sample,)       str      "ok" or a reason code (xraybatch.decode.REASONS)
     message       (sample,)       str      the decoder's message for failures or warnings
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import hashlib
 import json
 import os
 import shutil
@@ -56,8 +60,8 @@ from .location import StoreError, StoreRef
 from .lock import LOCK_NAME, busy, writer
 
 #: Arrays written once, at creation, from the scan.
-_SCAN_ARRAYS = {"labels": "int16", "split": "int8", "path": str, "file_bytes": "int64",
-                "patient_id": str}
+_SCAN_ARRAYS = {"labels": "int16", "split": "int8", "split_original": "int8", "path": str,
+                "file_bytes": "int64", "patient_id": str}
 #: Per-image arrays written by each chunk task, with their dtype and fill value.
 RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "valid": ("bool", False), "status": (str, ""), "message": (str, ""), "sha256": (str, ""),
@@ -197,11 +201,11 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     arrays["labels"]["attributes"] = dict(
         flag_values=list(range(len(classes))),
         flag_meanings=" ".join(c.replace(" ", "_") for c in classes))
-    arrays["split"]["attributes"] = dict(flag_values=list(range(len(splits))),
-                                         flag_meanings=" ".join(splits))
+    arrays["split"]["attributes"] = arrays["split_original"]["attributes"] = _split_flags(splits)
+    split = manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8)
     scanned = {
         "labels": manifest.label.to_numpy(np.int16),
-        "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
+        "split": split, "split_original": split,
         "path": manifest.path.to_numpy(dtype=object),
         "file_bytes": manifest.bytes.to_numpy(np.int64),
         "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
@@ -218,7 +222,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
-    # The arrays' metadata never changes after this.
+    # The arrays' metadata changes after this only in write_split (consolidated again).
     return zarrio.consolidate(group)
 
 
@@ -355,7 +359,108 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
     group.update_attributes({"summary": summary, "complete": True, "completed":
                              _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
     if group.metadata.consolidated_metadata is None:  # the group was opened without it
-        zarrio.consolidate(group)  # (create() consolidates; the arrays never change afterwards)
+        zarrio.consolidate(group)  # (create() and write_split consolidate)
+
+
+# --- split assignments and history ------------------------------------------------------
+
+
+def _split_flags(splits: list[str]) -> dict[str, Any]:
+    """CF flag attributes of the ``split`` arrays: the index of each split name."""
+    return dict(flag_values=list(range(len(splits))), flag_meanings=" ".join(splits))
+
+
+def split_token(values: np.ndarray, splits: list[str]) -> str:
+    """A digest of a split assignment (values and names), stored as ``attrs["split_token"]``.
+
+    Whatever is computed per split (statistics partials) is valid while the token is the
+    same: a rewrite changes it, a restore gives the original's back.
+
+    Examples
+    --------
+    >>> a = split_token(np.array([0, 1, 1], np.int8), ["train", "test"])
+    >>> a == split_token(np.array([0, 1, 0], np.int8), ["train", "test"]), len(a)
+    (False, 16)
+    """
+    digest = hashlib.blake2b(json.dumps(list(splits)).encode(), digest_size=8)
+    digest.update(np.ascontiguousarray(values, np.int8).tobytes())
+    return digest.hexdigest()
+
+
+def record_history(group: zarr.Group, entry: dict[str, Any],
+                   attrs: dict[str, Any] | None = None) -> int:
+    """Commit ``attrs`` with ``entry`` appended to ``attrs["history"]`` under the next
+    ``version``, in one write of the root ``zarr.json``; the new version.
+
+    ``entry`` holds ``action`` and ``source`` (and ``rows``); ``when``, ``version`` and
+    ``xraybatch_version`` are filled in. A store without ``version`` is at version 1.
+
+    Examples
+    --------
+    >>> record_history(group, {"action": "split", "source": "xraybatch split --restore",
+    ...                        "rows": [0, 248]}, {"split_token": "..."})  # doctest: +SKIP
+    2
+    """
+    version = int(group.attrs.get("version", 1)) + 1
+    entry = {"when": _now(), **entry, "version": version, "xraybatch_version": __version__}
+    group.update_attributes({**(attrs or {}), "version": version,
+                             "history": [*group.attrs.get("history", []), entry]})
+    return version
+
+
+def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
+                assignment: dict[str, Any], entry: dict[str, Any]) -> int:
+    """Rewrite the active ``split`` whole with ``values`` (indices into ``splits``, the
+    store's split names, possibly extended), record ``assignment`` and a history entry;
+    the store's new version. The caller holds the writer lock.
+
+    A store written before ``split_original`` existed gets it first, from its ``split``,
+    which nothing rewrote before. ``attrs["split_pending"]`` marks the rewrite until the
+    commit (one ``zarr.json`` write), so an interrupted one is known; ``split_token``
+    changes, so results keyed on the assignment are recomputed.
+
+    Examples
+    --------
+    >>> write_split(StoreRef("xray.zarr"), values, ["train", "val", "test"],
+    ...             {"method": "random"}, {"action": "split", "source": "..."})  # doctest: +SKIP
+    2
+    """
+    group = ref.open("r+")
+    old = list(group.attrs["splits"])
+    if splits[:len(old)] != old or len(splits) > 127:
+        raise ValueError(f"split names {splits} do not extend the store's {old}")
+    n = int(group.attrs["n_images"])
+    if values.shape != (n,) or (n and not 0 <= values.min() <= values.max() < len(splits)):
+        raise ValueError(f"a split assignment needs one index into {splits} per row")
+    if "split_original" not in group:
+        _save_original(group, old)
+    group.update_attributes({"split_pending": {"when": _now(), "method": assignment["method"]}})
+    array = group["split"]
+    sync(zarrio.whole_chunks(array._async_array).setitem(slice(None), values.astype(np.int8)))
+    if splits != old:  # new names extend the flags; existing indices never change
+        array.update_attributes(_split_flags(splits))
+    group.metadata.attributes.pop("split_pending")  # (dropped by the commit's write)
+    version = record_history(group, entry, {
+        "splits": list(splits), "split_assignment": assignment,
+        "split_token": split_token(values, splits)})
+    zarrio.consolidate(group)
+    return version
+
+
+def _save_original(group: zarr.Group, splits: list[str]) -> None:
+    """Create ``split_original`` from ``split`` (before its first rewrite) and consolidate,
+    so that it is in the root metadata before ``split`` changes."""
+    current = group["split"]
+    array = group.create_array("split_original", shape=current.shape, dtype="int8",
+                               chunks=current.chunks, fill_value=0, overwrite=True,
+                               dimension_names=("sample",), attributes=_split_flags(splits),
+                               compressors=current.compressors)  # as split's own
+    sync(zarrio.whole_chunks(array._async_array).setitem(slice(None), current[:]))
+    zarrio.consolidate(group)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
@@ -472,6 +577,13 @@ class XrayStore:
         return self.group["split"][:]
 
     @property
+    def original_split(self) -> np.ndarray:
+        """The scan's assignment (``split`` is the active one, which ``xraybatch split``
+        rewrites); a store that has no ``split_original`` was never split."""
+        g = self.group
+        return g["split_original"][:] if "split_original" in g else self.split
+
+    @property
     def multilabel(self) -> bool:
         """Whether the store holds a findings matrix (then ``classes`` are its findings)."""
         return self.attrs.get("label_kind") == "multi"
@@ -486,11 +598,12 @@ class XrayStore:
         """
         return self.group["findings"][:] if self.multilabel else None
 
-    def class_membership(self) -> np.ndarray:
-        """(N, C) bool: valid images counted under each class (every positive finding)."""
+    def class_membership(self, valid_only: bool = True) -> np.ndarray:
+        """(N, C) bool: (valid) images counted under each class (every positive finding)."""
+        valid = self.valid if valid_only else np.ones(len(self), bool)
         if self.multilabel:
-            return (self.findings == 1) & self.valid[:, None]
-        return (np.where(self.valid, self.labels, -1)[:, None]
+            return (self.findings == 1) & valid[:, None]
+        return (np.where(valid, self.labels, -1)[:, None]
                 == np.arange(len(self.classes)))
 
     def multi_hot(self, uncertain: float = 0.0) -> np.ndarray:
