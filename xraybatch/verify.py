@@ -40,7 +40,7 @@ KINDS = {
     "not_done": "a chunk was never marked done (an interrupted run: ingest --resume)",
     "incomplete": "the store is not marked complete",
     "hist": "a stored image's histogram differs from its hist row",
-    "moments": "a stored image's mean or std differs from its histogram's",
+    "moments": "a stored image's mean or std differs from the image's own",
     "invalid_not_zero": "the row of a file that was not stored is not all zero",
 }
 #: Source files whose status at ingest meant they could not be read (no hash recorded).
@@ -149,9 +149,10 @@ class VerifyResult:
 def check_rows(chunk: store.StoredChunk) -> tuple[list[Problem], int]:
     """Problems of one images chunk as read, and how many images were compared.
 
-    A stored image's histogram must equal its ``hist`` row, its ``mean``/``std`` those of the
-    histogram (:func:`xraybatch.qc.image_moments`, exactly as ingest computed them: sums of
-    integers), and the row of a file that was not stored must be zero everywhere.
+    A stored image's histogram must equal its ``hist`` row, its ``mean``/``std`` those of its
+    histogram (:func:`xraybatch.qc.image_moments`, exactly as ingest computed them from the
+    same counts: sums of integers, so bit for bit), and the row of a file that was not
+    stored must be zero everywhere.
     """
     i = chunk.index
     problems = [Problem("checksum", name, i, None, None, message)
@@ -172,12 +173,12 @@ def check_rows(chunk: store.StoredChunk) -> tuple[list[Problem], int]:
     moments = [m for m in (chunk.mean, chunk.std) if m is not None]
     if len(moments) == 2:
         expected = np.zeros((2, len(valid)))
-        expected[:, valid] = qc.image_moments(chunk.hist[valid])
+        expected[:, valid] = qc.image_moments(now[valid])
         wrong = ~((moments[0] == expected[0]) & (moments[1] == expected[1]))
-        for r in np.flatnonzero(wrong & valid):
+        for r in np.flatnonzero(wrong & valid & (bins == 0)):  # (else reported as hist)
             problems.append(Problem("moments", None, i, chunk.start + int(r), None,
                                     f"mean/std {moments[0][r]:.6g}/{moments[1][r]:.6g}, the "
-                                    f"histogram's {expected[0, r]:.6g}/{expected[1, r]:.6g}"))
+                                    f"image's {expected[0, r]:.6g}/{expected[1, r]:.6g}"))
     else:
         wrong = np.zeros(len(valid), bool)
     dirty = (chunk.images.reshape(len(valid), -1).any(axis=1) | chunk.hist.any(axis=1) | wrong)
