@@ -135,7 +135,7 @@ def test_json_schema(copy: Path, capsys) -> None:
     doc = json.loads(out)
     assert code == 1 and doc["ok"] is False
     assert set(doc) == {"store", "ok", "format_version", "checksums", "complete",
-                        "chunks_checked", "image_chunks", "images_checked", "seconds",
+                        "chunks_checked", "image_chunks", "n_images", "images_checked", "seconds",
                         "problems", "sources"}
     assert doc["format_version"] == 2 and doc["checksums"] is True and doc["sources"] is None
     assert [set(p) for p in doc["problems"]] == [PROBLEM_KEYS]
@@ -249,3 +249,23 @@ def test_distributed_client(clean: Path) -> None:
 def test_not_a_store_is_a_usage_error(tmp_path: Path, capsys) -> None:
     assert cli.main(["verify", str(tmp_path / "none.zarr")]) == 2
     assert "no store at" in capsys.readouterr().err
+
+
+def test_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/verify.py runs end to end (a seeded synthetic set; nothing timed here)."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "verify.py"
+    proc = subprocess.run([sys.executable, str(bench), "--synth", "12", "--synth-scale", "0.1",
+                           "--size", "32", "--rounds", "1", "--workers", "1",
+                           "--out", str(tmp_path / "out"), "--tmp", str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["medians"]) == {"ingest, format 1 (no checksums)",
+                                       "ingest, format 2 (checksums)", "verify, format 2",
+                                       "verify --sources, format 2",
+                                       "verify, format 1 (histograms)"}
+    assert all(r["n"] == 12 and r["images_per_second"] > 0 for r in results["medians"].values())
+    assert set(results["ratios"]) and "| verify, format 2 |" in proc.stdout

@@ -261,9 +261,9 @@ def _print_verify(result: Any) -> None:
                  "checksums ABSENT (a format-1 store: histograms checked only; re-ingest "
                  "with --overwrite to add them)")
     print(f"{result.store}: format {result.format_version}, {checksums}")
-    print(f"checked {result.chunks_checked} chunk files, {result.images_checked} images in "
-          f"{result.image_chunks} chunks, in {result.seconds:.1f} s "
-          f"({result.images_per_second:.0f} images/s)")
+    print(f"checked {result.chunks_checked} chunk files; {result.images_checked} of "
+          f"{result.n_images} images ({result.image_chunks} chunks) compared with their records; "
+          f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s)")
     for problem in result.problems[:_LISTED]:
         print(f"  {problem.line()}")
     if len(result.problems) > _LISTED:

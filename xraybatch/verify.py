@@ -120,7 +120,8 @@ class VerifyResult:
     complete: bool
     chunks_checked: int  # chunk files read and decoded
     image_chunks: int
-    images_checked: int
+    n_images: int  # rows of the store
+    images_checked: int  # images compared with their records (not those of damaged chunks)
     problems: list[Problem]
     sources: SourceCheck | None
     seconds: float
@@ -131,14 +132,16 @@ class VerifyResult:
 
     @property
     def images_per_second(self) -> float:
-        return self.images_checked / self.seconds if self.seconds > 0 else float("nan")
+        """Rows of the store verified per second (wall time of the whole command)."""
+        return self.n_images / self.seconds if self.seconds > 0 else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the schema of ``xraybatch verify --json`` (README, "Verify a store")."""
         return {"store": self.store, "ok": self.ok, "format_version": self.format_version,
                 "checksums": self.checksums, "complete": self.complete,
                 "chunks_checked": self.chunks_checked, "image_chunks": self.image_chunks,
-                "images_checked": self.images_checked, "seconds": round(self.seconds, 3),
+                "n_images": self.n_images, "images_checked": self.images_checked,
+                "seconds": round(self.seconds, 3),
                 "problems": [asdict(p) for p in self.problems],
                 "sources": None if self.sources is None else asdict(self.sources)}
 
@@ -387,7 +390,7 @@ def verify(out: str | os.PathLike, *, sources: bool = False, scheduler: Any = "t
                             [m for v in verdicts for m in v.missing], new, note)
     version = store.format_version(attrs)
     return VerifyResult(ref.url, version, version >= 2, ds.complete,
-                        sum(v.files for v in verdicts), len(verdicts),
+                        sum(v.files for v in verdicts), len(verdicts), len(ds),
                         sum(v.images for v in verdicts), problems, check,
                         time.perf_counter() - t0)
 
