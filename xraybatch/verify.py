@@ -156,6 +156,16 @@ def check_rows(chunk: store.StoredChunk) -> tuple[list[Problem], int]:
     histogram (:func:`xraybatch.qc.image_moments`, exactly as ingest computed them from the
     same counts: sums of integers, so bit for bit), and the row of a file that was not
     stored must be zero everywhere.
+
+    Examples
+    --------
+    >>> images = np.zeros((2, 4, 4), np.uint8)
+    >>> hist = np.zeros((2, 256), np.int32)
+    >>> hist[0, 0] = 15  # row 0 is stored, but its hist row counts 15 of its 16 pixels
+    >>> chunk = store.StoredChunk(3, 48, images, hist, np.array([True, False]),
+    ...                           None, None, True, 4, [], [])
+    >>> [(p.kind, p.row) for p in check_rows(chunk)[0]]
+    [('hist', 48)]
     """
     i = chunk.index
     problems = [Problem("checksum", name, i, None, None, message)
@@ -195,7 +205,20 @@ def check_rows(chunk: store.StoredChunk) -> tuple[list[Problem], int]:
 def check_source(url: str, stored_bytes: int, stored_sha: str, status: str
                  ) -> tuple[str, dict[str, Any]] | None:
     """``("changed" | "missing", facts)`` for one source file against what ingest recorded,
-    or None when it is the same file (same size and SHA-256, or still unreadable)."""
+    or None when it is the same file (same size and SHA-256, or still unreadable).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp(), "a.jpeg")
+    >>> _ = path.write_bytes(b"abc")
+    >>> check_source(str(path), 3, hashlib.sha256(b"abc").hexdigest(), "ok") is None
+    True
+    >>> check_source(str(path), 3, "0" * 64, "ok")[1]["message"]
+    'same size, different content (SHA-256)'
+    >>> check_source(str(path) + ".gone", 3, "0" * 64, "ok")[0]
+    'missing'
+    """
     try:
         data = decode.read_bytes(url)
     except ImageError as e:
