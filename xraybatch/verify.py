@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from dask.delayed import Delayed
 
@@ -73,6 +74,7 @@ class VerifyTask:
 
     ref: StoreRef
     index: int  # the images chunk
+    rows: int  # images in it
     names: tuple[str, ...]  # arrays read with it (store.chunk_layout)
     others: tuple[tuple[str, tuple[int, ...]], ...]  # chunks of other arrays it also reads
     # (row, path relative to the source, stored bytes, stored sha256, status at ingest)
@@ -246,6 +248,7 @@ def check_source(url: str, stored_bytes: int, stored_sha: str, status: str
 
 def run_verify_chunk(task: VerifyTask) -> ChunkVerdict:
     """The Dask task: read and check one images chunk (and its share of the other chunks)."""
+    cv2.setNumThreads(1)  # as in ingest: Dask already runs one task per core
     group = store.open_for_chunks(task.ref, mode="r")
     chunk = store.read_chunk(group, task.index, list(task.names))
     problems, images = check_rows(chunk)
@@ -264,16 +267,15 @@ def run_verify_chunk(task: VerifyTask) -> ChunkVerdict:
             if found:
                 (changed if found[0] == "changed" else missing).append(
                     {"row": row, "path": rel, **found[1]})
-    rows = len(chunk.valid) if chunk.valid is not None else len(task.sources)
-    return ChunkVerdict(task.index, rows, images, files, tuple(problems), tuple(changed),
+    return ChunkVerdict(task.index, task.rows, images, files, tuple(problems), tuple(changed),
                         tuple(missing))
 
 
 def _tasks(ref: StoreRef, group: Any, facts: Any, root: str, source_options: dict) -> list:
     """One task per images chunk; the other arrays' chunks dealt out among them."""
     names, others = store.chunk_layout(group)
-    n_tasks = len(store.done_chunks(group))
-    chunk = int(group.attrs["chunk"])
+    n, chunk = int(group.attrs["n_images"]), int(group.attrs["chunk"])
+    n_tasks = store.n_chunks(n, chunk)
     tasks = []
     for index in range(n_tasks):
         sources = ()
@@ -281,8 +283,8 @@ def _tasks(ref: StoreRef, group: Any, facts: Any, root: str, source_options: dic
             part = facts.iloc[index * chunk:(index + 1) * chunk]
             sources = tuple((int(r), p, int(b), s, st) for r, p, b, s, st in zip(
                 part.index, part.path, part.file_bytes, part.sha256, part.status, strict=True))
-        spec = VerifyTask(ref, index, tuple(names), tuple(others[index::n_tasks]), sources,
-                          root, source_options)
+        spec = VerifyTask(ref, index, min(chunk, n - index * chunk), tuple(names),
+                          tuple(others[index::n_tasks]), sources, root, source_options)
         key = f"xraybatch-verify-{index}-{_token(spec)}"
         tasks.append(Delayed(key, {key: (run_verify_chunk, spec)}))
     return tasks
@@ -390,10 +392,14 @@ def verify(out: str | os.PathLike, *, sources: bool = False, scheduler: Any = "t
     group = store.open_for_chunks(ref, mode="r")
     facts = store.source_facts(group) if sources else None
     root = listing.join(str(attrs.get("source", "")), "") if sources else ""
+    threads = cv2.getNumThreads()
     with connected(scheduler) as target:
         tasks = _tasks(ref, group, facts, root, options)
-        verdicts = compute(tasks, target, workers, progress, retries, images=len(ds),
-                           label="verify")
+        try:
+            verdicts = compute(tasks, target, workers, progress, retries, images=len(ds),
+                               label="verify")
+        finally:
+            cv2.setNumThreads(threads)
     verdicts.sort(key=lambda v: v.index)
     problems = [p for v in verdicts for p in v.problems]
     if not ds.complete:
