@@ -246,6 +246,29 @@ def test_distributed_client(clean: Path) -> None:
     assert result.ok and result.images_checked == 60
 
 
+def test_processes_scheduler(clean: Path) -> None:
+    """The tasks pickle: worker processes open the store themselves."""
+    result = verify(clean, sources=True, scheduler="processes", workers=2)
+    assert result.ok and result.images_checked == 60 and result.sources.files_checked == 60
+
+
+def test_store_at_a_url(synth_small: Path) -> None:
+    """A store in object storage (fsspec's memory filesystem): the same checks."""
+    fsspec = pytest.importorskip("fsspec")
+    fs, url = fsspec.filesystem("memory"), "memory://verify-store/x.zarr"
+    try:
+        xraybatch.ingest(synth_small, url, size=SIZE, chunk=CHUNK)
+        assert verify(url).ok
+        key = "/verify-store/x.zarr/images/c/1/0/0"
+        data = bytearray(fs.cat_file(key))
+        data[7] ^= 1
+        fs.pipe_file(key, bytes(data))
+        assert [(p.kind, p.array, p.chunk) for p in verify(url).problems] == [
+            ("checksum", "images", 1)]
+    finally:
+        fs.rm("/verify-store", recursive=True)
+
+
 def test_not_a_store_is_a_usage_error(tmp_path: Path, capsys) -> None:
     assert cli.main(["verify", str(tmp_path / "none.zarr")]) == 2
     assert "no store at" in capsys.readouterr().err
