@@ -219,7 +219,7 @@ def _images_done(result: Any) -> int:
     return int(getattr(result, "n", 0))
 
 
-def _gather(client: Any, tasks: list, retries: int, bar: Progress | None) -> list[ChunkReport]:
+def _gather(client: Any, tasks: list, retries: int, bar: Progress | None) -> list[Any]:
     """Run the tasks on a cluster, heaviest first, a bounded number in flight; advance ``bar``.
 
     Submitting every task at once makes the scheduler and the client hold one future per
@@ -425,6 +425,7 @@ def _table_scheme(table: str | os.PathLike, preset: str | None,
 
 def _table_attr(table: str | os.PathLike, preset: str | None,
                 columns: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``table`` attribute: what scans the table again as this run did (JSON)."""
     path = os.fspath(table)
     return {"files": path if listing.is_url(path) else os.path.abspath(path),
             "preset": preset, "columns": {k: list(v) if isinstance(v, tuple) else v
