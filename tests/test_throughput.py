@@ -71,15 +71,20 @@ def test_bulk_write_equals_one_array_at_a_time(synth_small: Path, tmp_path: Path
 
 
 def test_layout_pixels_uncompressed_rest_compressed(synth_small: Path, tmp_path: Path) -> None:
-    """Array names, dtypes and chunks as documented; only the pixels skip Zstd."""
+    """Array names, dtypes and chunks as documented; only the pixels skip Zstd; every
+    chunk carries a checksum (format 2): CRC-32C on the pixels, Zstd's frame checksum."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     _, group, manifest = _create(synth_small, tmp_path / "x.zarr")
     n = len(manifest)
-    assert group["images"].compressors == ()
+    assert group.attrs["format_version"] == 2
+    assert group["images"].compressors == (Crc32cCodec(),)
     assert (group["images"].dtype, group["images"].chunks) == (np.uint8, (CHUNK, SIZE, SIZE))
     assert (group["hist"].dtype, group["hist"].chunks) == (np.int32, (CHUNK, 256))
-    for name in ("hist", "labels", "split", "path", "file_bytes", *store.RECORD_ARRAYS):
-        assert [type(c).__name__ for c in group[name].compressors] == ["ZstdCodec"], name
-        assert group[name].shape[0] == n
+    for name in ("hist", "labels", "split", "path", "file_bytes", *store.RECORD_ARRAYS,
+                 "chunk_done"):
+        assert group[name].compressors == (ZstdCodec(level=1, checksum=True),), name
+        assert group[name].shape[0] == (n if name != "chunk_done" else store.n_chunks(n, CHUNK))
     assert group["chunk_done"].shape == (store.n_chunks(n, CHUNK),)
     # Chunk tasks open every array from the consolidated root metadata.
     members = zarr.open_group(str(tmp_path / "x.zarr"), mode="r").metadata.consolidated_metadata
@@ -147,22 +152,32 @@ def test_default_ingest_is_auto_and_matches_cv2(synth_small: Path, tmp_path: Pat
     assert used == {"linear", "area"}  # both branches of auto are exercised
 
 
+@pytest.mark.parametrize("checksums", [False, True])
 @pytest.mark.parametrize("sharded", [False, True])
-def test_zarrio_chunks_equal_zarrs_own(tmp_path: Path, sharded: bool) -> None:
+def test_zarrio_chunks_equal_zarrs_own(tmp_path: Path, sharded: bool, checksums: bool) -> None:
     """Whole-chunk writes, short last chunk included, give zarr's own files (sharded arrays
-    go through zarr's pipeline: their codec cannot encode synchronously)."""
+    go through zarr's pipeline: their codec cannot encode synchronously), with the store's
+    checksum codecs too (CRC-32C, Zstd with its frame checksum); and zarrio reads back,
+    checksums checked, what zarr reads."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     from xraybatch import zarrio
 
     kinds = {"i": ("int32", 0, np.arange(10, dtype=np.int32)),
              "s": (str, "", np.array([f"x{i}" * i for i in range(10)], dtype=object)),
              "f": ("float64", np.nan, np.linspace(0, 1, 10)),
-             "b": ("bool", False, np.arange(10) % 3 == 0)}
+             "b": ("bool", False, np.arange(10) % 3 == 0),
+             "u": ("uint8", 0, np.arange(10, dtype=np.uint8) * 7)}
+    codecs = ({"u": Crc32cCodec()} if checksums else {})
     groups = {}
     for name in ("ours", "zarr"):
         g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
         for key, (dtype, fill, _) in kinds.items():
+            compressors = codecs.get(key, ZstdCodec(level=1, checksum=True)) if checksums \
+                else "auto"
             g.create_array(key, shape=(10,), dtype=dtype, chunks=(2,) if sharded else (4,),
-                           fill_value=fill, shards=(4,) if sharded else None)
+                           fill_value=fill, shards=(4,) if sharded else None,
+                           compressors=compressors)
         g.create_array("done", shape=(3,), dtype=bool, chunks=(1,), fill_value=False)
         groups[name] = g
     arrays = zarrio.arrays_of(groups["ours"], [*kinds, "done"])
@@ -176,3 +191,6 @@ def test_zarrio_chunks_equal_zarrs_own(tmp_path: Path, sharded: bool) -> None:
     for key, (_, _, values) in kinds.items():
         np.testing.assert_array_equal(groups["ours"][key][:], values.astype(
             groups["ours"][key].dtype))
+        array = groups["ours"][key]._async_array
+        read = zarrio.read_chunks([(array, (i,)) for i in range(zarrio.chunk_counts(array)[0])])
+        np.testing.assert_array_equal(np.concatenate(read), groups["zarr"][key][:])

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from .scan import Scan, scan
     from .store import XrayStore
     from .synth import synth_dataset
+    from .verify import VerifyResult, verify
 
 # The public names and the submodules, imported on first use (PEP 562): `import xraybatch`
 # and the command line's --help stay free of Dask, OpenCV, zarr and pandas.
 _LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
-         "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth"}
+         "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth",
+         "verify": "verify", "VerifyResult": "verify"}
 _SUBMODULES = ("cli", "decode", "figures", "options", "phantom", "progress", "qc", "report",
                "splits", "stats", "store", "synth", "torch_dataset", "zarrio")
 
@@ -86,5 +88,5 @@ def open(out: str, storage_options: dict | None = None) -> XrayStore:  # noqa: A
     return XrayStore(out, storage_options)
 
 
-__all__ = ["IngestResult", "Scan", "XrayStore", "__version__", "ingest", "open", "scan",
-           "synth_dataset", "write_report"]
+__all__ = ["IngestResult", "Scan", "VerifyResult", "XrayStore", "__version__", "ingest",
+           "open", "scan", "synth_dataset", "verify", "write_report"]

@@ -1,4 +1,4 @@
-"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect,report,split}``.
+"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect,report,split,verify}``.
 
 Every command reports user errors (missing folder, bad label scheme, existing output...) as
 one line on stderr with exit code 2; ``ingest --strict`` exits 1 when any file failed.
@@ -211,6 +211,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace the report files of an existing DIR")
     _add_storage_option(r)
     _add_split_parser(sub)
+    _add_verify_parser(sub)
     return p
 
 
@@ -249,6 +250,38 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dry-run", action="store_true", help="report the split, write nothing")
     s.add_argument("--json", action="store_true", help="print JSON (assignment, per split)")
     _add_storage_option(s)
+
+
+
+def _add_verify_parser(sub: Any) -> None:
+    v = sub.add_parser(
+        "verify", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="check every chunk of a store; with --sources, its source files too",
+        description="Read every chunk of every array of STORE (format-2 stores check the "
+                    "checksum of each chunk file), compare each stored image with its "
+                    "recorded histogram, mean and std, and check that every chunk was "
+                    "written. With --sources, re-hash every source file against its recorded "
+                    "size and SHA-256, and list the files changed, missing or new since the "
+                    "store was written. Exit status 0: all good, 1: a mismatch, 2: a usage "
+                    "error. Runs as Dask tasks, like ingest.",
+        epilog=_examples("""
+            xraybatch verify xray.zarr
+            xraybatch verify xray.zarr --sources              # re-hash the source files too
+            xraybatch verify xray.zarr --json > verify.json   # for scripts (exit 1 on mismatch)
+            xraybatch verify s3://bucket/xray.zarr --storage-option anon=true
+            xraybatch verify /shared/xray.zarr --scheduler tcp://10.0.0.5:8786
+        """))
+    v.add_argument("out", metavar="STORE", help="store written by xraybatch ingest")
+    v.add_argument("--sources", action="store_true",
+                   help="re-hash the source files and list those changed, missing or new")
+    v.add_argument("--json", action="store_true",
+                   help="print JSON (ok, counts, problems, sources; README 'Verify a store')")
+    v.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",
+                   help="Dask scheduler, or a distributed scheduler address (default: threads)")
+    v.add_argument("--workers", type=int, default=None,
+                   help="local workers (default: one per core; a cluster has its own)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_storage_option(v)
 
 
 class _Version(argparse.Action):

@@ -299,6 +299,56 @@ def _print_split(result) -> None:
         print("dry run: nothing written")
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    result = verify(args.out, sources=args.sources, scheduler=args.scheduler,
+                    workers=args.workers, progress=not args.quiet,
+                    storage_options=dict(args.storage_option))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        _print_verify(result)
+    return 0 if result.ok else EXIT_FAILED_FILES
+
+
+#: Problems and source files listed by the text output of verify (--json lists all).
+_LISTED = 50
+
+
+def _print_verify(result: Any) -> None:
+    checksums = ("checksums checked on every chunk file (CRC-32C on the pixels, Zstandard "
+                 "elsewhere)" if result.checksums else
+                 "checksums ABSENT (a format-1 store: histograms checked only; re-ingest "
+                 "with --overwrite to add them)")
+    print(f"{result.store}: format {result.format_version}, {checksums}")
+    print(f"checked {result.chunks_checked} chunk files; {result.images_checked} of "
+          f"{result.n_images} images ({result.image_chunks} chunks) compared with their records; "
+          f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s)")
+    for problem in result.problems[:_LISTED]:
+        print(f"  {problem.line()}")
+    if len(result.problems) > _LISTED:
+        print(f"  ... and {len(result.problems) - _LISTED} more problems (--json lists all)")
+    check = result.sources
+    if check is not None:
+        print(f"sources: {check.files_checked} files under {check.source} re-hashed: "
+              f"{len(check.changed)} changed, {len(check.missing)} missing, "
+              f"{len(check.new)} new")
+        rows = ([f"changed  {c['path']}: {c['message']}" for c in check.changed]
+                + [f"missing  {m['path']}" for m in check.missing]
+                + [f"new      {n['path']} ({n['bytes']} bytes)" for n in check.new])
+        for row in rows[:_LISTED]:
+            print(f"  {row}")
+        if len(rows) > _LISTED:
+            print(f"  ... and {len(rows) - _LISTED} more files (--json lists all)")
+        if check.note:
+            print(f"  {check.note}")
+    differ = ("" if check is None else
+              f", {len(check.changed) + len(check.missing) + len(check.new)} source files differ")
+    print("verify: OK" if result.ok else
+          f"verify: FAILED: {len(result.problems)} problems{differ}")
+
+
 def _next_commands(out: str) -> str:
     """What to run on a store just written: its statistics, then its report."""
     report = out.rstrip("/").rsplit("/", 1)[-1] if "://" in out else out.rstrip("/")
@@ -311,4 +361,4 @@ def _next_commands(out: str) -> str:
 #: Subcommand name -> its implementation, called with the parsed arguments.
 COMMANDS = {"demo": _cmd_demo, "synth": _cmd_synth, "ingest": _cmd_ingest,
             "stats": _cmd_stats, "inspect": _cmd_inspect, "report": _cmd_report,
-            "split": _cmd_split}
+            "split": _cmd_split, "verify": _cmd_verify}

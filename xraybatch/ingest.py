@@ -195,14 +195,16 @@ def _token(spec: ChunkTask) -> str:
 
 
 def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
-            progress: bool = False, retries: int = 2, images: int = 0) -> list[ChunkReport]:
+            progress: bool = False, retries: int = 2, images: int = 0,
+            label: str = "ingest") -> list[Any]:
     """Run the tasks on a local scheduler (a name) or a ``distributed.Client``.
 
-    ``images`` (how many the tasks hold) is the total that ``progress`` counts towards.
+    ``images`` (how many the tasks hold) is the total that ``progress`` counts towards,
+    from the ``n`` of each task's result; ``label`` names the command on its lines.
     """
     if not tasks:
         return []
-    with Progress().start(images) if progress else nullcontext() as bar:
+    with Progress(label=label).start(images) if progress else nullcontext() as bar:
         if isinstance(scheduler, str):
             keys = {task.key for task in tasks}
             count = dask_callback(bar, _images_done, keys) if bar else nullcontext()
@@ -213,11 +215,11 @@ def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
 
 
 def _images_done(result: Any) -> int:
-    """Images of a finished chunk task, for the progress display."""
-    return result.n if isinstance(result, ChunkReport) else 0
+    """Images of a finished chunk task (ingest, verify), for the progress display."""
+    return int(getattr(result, "n", 0))
 
 
-def _gather(client: Any, tasks: list, retries: int, bar: Progress | None) -> list[ChunkReport]:
+def _gather(client: Any, tasks: list, retries: int, bar: Progress | None) -> list[Any]:
     """Run the tasks on a cluster, heaviest first, a bounded number in flight; advance ``bar``.
 
     Submitting every task at once makes the scheduler and the client hold one future per
@@ -365,6 +367,9 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
              "interpolation": interpolation, "decode": decode_mode, "max_pixels": max_pixels,
              "window": window, "fit": fit, "pad_value": PAD_VALUE,
              "patient_id_regex": patient_id or "",
+             # A table input, machine-readable (verify --sources scans it again).
+             **({"table": _table_attr(table, table_preset, columns)} if table is not None
+                else {}),
              "n_skipped": len(found.skipped),
              "skipped": found.skipped.head(1000).values.tolist()}
     store.check_target(ref, overwrite, resume)  # before the lock file touches OUT
@@ -416,6 +421,15 @@ def _table_scheme(table: str | os.PathLike, preset: str | None,
     given = " ".join(f"{k}={v!r}" for k, v in (columns or {}).items())
     return " ".join(x for x in (f"table {os.fspath(table)}", preset and f"preset {preset}",
                                 given and f"columns {given}") if x)
+
+
+def _table_attr(table: str | os.PathLike, preset: str | None,
+                columns: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``table`` attribute: what scans the table again as this run did (JSON)."""
+    path = os.fspath(table)
+    return {"files": path if listing.is_url(path) else os.path.abspath(path),
+            "preset": preset, "columns": {k: list(v) if isinstance(v, tuple) else v
+                                          for k, v in (columns or {}).items()}}
 
 
 def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | None:

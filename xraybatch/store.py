@@ -46,13 +46,14 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import zarr
 from zarr import AsyncGroup
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from . import __version__, qc, zarrio
@@ -81,8 +82,12 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
 _MOMENTS = ("mean", "std")
 #: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
 FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
-#: Compressors of the ``images`` array: none (see :func:`create`).
-IMAGES_COMPRESSORS = None
+#: Bytes-to-bytes codecs of the ``images`` array: no compression, a CRC-32C checksum that
+#: zarr checks on every read (see :func:`create`).
+IMAGES_COMPRESSORS: Any = Crc32cCodec()
+#: Format of the stores this version writes (group attribute ``format_version``); a store
+#: without it is format 1: the same arrays, without checksums.
+FORMAT_VERSION = 2
 
 
 def n_chunks(n: int, chunk: int) -> int:
@@ -161,8 +166,12 @@ def _check_replaceable(ref: StoreRef, overwrite: bool) -> None:
 def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
            classes: list[str], splits: list[str], attrs: dict[str, Any],
            overwrite: bool = False, compression_level: int = 1,
-           findings: pd.DataFrame | None = None) -> zarr.Group:
+           findings: pd.DataFrame | None = None, checksums: bool = True) -> zarr.Group:
     """Create the store for ``manifest`` and write what the scan already knows.
+
+    ``checksums=False`` writes a format-1 store (the pixels without CRC-32C, Zstandard
+    without its frame checksum, no ``format_version``), as versions before it did: for the
+    tests and benchmarks of stores of that format.
 
     ``findings`` (multi-label input: (N, C) int8, one column per finding, ``classes`` are
     its column names) is stored as the 2-D array ``findings`` with a ``finding`` coordinate.
@@ -182,12 +191,15 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     # Zstd level 1 for everything but the pixels: X-ray pixels with film grain shrink only
     # ~1.10x for ~0.25 ms of CPU per image, 7% of a DCT-scaled decode; the
     # per-image arrays (hist, strings, flags) shrink several-fold for next to nothing
-    # (benchmarks/README.md, "compressor").
-    common = dict(compressors=ZstdCodec(level=compression_level))
+    # (benchmarks/README.md, "compressor"). Format 2 adds a checksum to every chunk: CRC-32C
+    # on the pixels, Zstandard's frame checksum elsewhere (xraybatch verify; zarr checks
+    # both on every read).
+    common = dict(compressors=ZstdCodec(level=compression_level, checksum=checksums))
+    own = common if checksums else {}  # format 1 left these two at zarr's default codec
     arrays = {
         "images": dict(shape=(n, size, size), dtype="uint8", chunks=(chunk, size, size),
                        fill_value=0, dimension_names=("sample", "y", "x"),
-                       compressors=IMAGES_COMPRESSORS),
+                       compressors=IMAGES_COMPRESSORS if checksums else None),
         "hist": dict(shape=(n, 256), dtype="int32", chunks=(chunk, 256), fill_value=0,
                      dimension_names=("sample", "bin"), **common),
         # Arrays written once, at creation, need not follow the task chunks (scan_chunk).
@@ -196,7 +208,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
            for name, (dtype, fill) in {**{k: (v, None) for k, v in _SCAN_ARRAYS.items()},
                                        **RECORD_ARRAYS}.items()},
         "chunk_done": dict(shape=(n_chunks(n, chunk),), dtype="bool", chunks=(1,),
-                           fill_value=False, dimension_names=("chunk",)),
+                           fill_value=False, dimension_names=("chunk",), **own),
     }
     arrays["labels"]["attributes"] = dict(
         flag_values=list(range(len(classes))),
@@ -212,7 +224,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
                        else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
     }
     if findings is not None:
-        _findings_arrays(arrays, scanned, findings, chunk, common)
+        _findings_arrays(arrays, scanned, findings, chunk, common, own)
     sync(_create_arrays(group._async_group, arrays, scanned))
     # One write of zarr.json (attrs.update would rewrite it once per key).
     group.update_attributes({
@@ -220,6 +232,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **({"format_version": FORMAT_VERSION} if checksums else {}),
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
     # The arrays' metadata changes after this only in write_split (consolidated again).
@@ -243,7 +256,8 @@ def scan_chunk(chunk: int, n: int) -> int:
 
 
 def _findings_arrays(arrays: dict[str, dict[str, Any]], data: dict[str, np.ndarray],
-                     findings: pd.DataFrame, chunk: int, common: dict[str, Any]) -> None:
+                     findings: pd.DataFrame, chunk: int, common: dict[str, Any],
+                     own: dict[str, Any]) -> None:
     """Add the multi-label arrays (``findings`` and its ``finding`` coordinate) to create."""
     names = [str(c) for c in findings.columns]
     arrays["findings"] = dict(
@@ -254,7 +268,7 @@ def _findings_arrays(arrays: dict[str, dict[str, Any]], data: dict[str, np.ndarr
                         flag_meanings=" ".join(FINDING_FLAGS.values()), findings=names))
     # A 1-D array named like the dimension: xarray reads it as the finding coordinate.
     arrays["finding"] = dict(shape=(len(names),), dtype=str, chunks=(len(names),),
-                             dimension_names=("finding",))
+                             dimension_names=("finding",), **own)
     data["findings"] = findings.to_numpy(np.int8)
     data["finding"] = np.array(names, dtype=object)
 
@@ -294,21 +308,22 @@ def record_arrays(records: list, hist: np.ndarray) -> dict[str, np.ndarray]:
 _OPENED: dict[tuple, zarr.Group] = {}
 
 
-def open_for_chunks(ref: StoreRef) -> zarr.Group:
+def open_for_chunks(ref: StoreRef, mode: str = "r+") -> zarr.Group:
     """The root group for chunk tasks, reused while the store's root metadata is the same.
 
     Opening parses the consolidated metadata of every array (~4 ms, a fifth of a chunk's
     write), so each process keeps the group it opened last. A local store's root
     ``zarr.json`` is rewritten whenever the store is created or its attributes change,
-    which changes the key; remote stores are opened every time.
+    which changes the key; remote stores are opened every time. ``mode="r"``: read-only
+    (``verify``).
     """
     if not ref.is_local:
-        return ref.open("r+")
+        return ref.open(mode)
     meta = os.stat(os.path.join(ref.local_path, "zarr.json"))
-    key = (os.path.abspath(ref.local_path), meta.st_ino, meta.st_mtime_ns, meta.st_size)
+    key = (os.path.abspath(ref.local_path), meta.st_ino, meta.st_mtime_ns, meta.st_size, mode)
     group = _OPENED.get(key)
     if group is None:
-        group = ref.open("r+")
+        group = ref.open(mode)
         _OPENED.clear()
         _OPENED[key] = group
     return group
@@ -716,3 +731,102 @@ class XrayStore:
             class_name=("sample", self.class_names().astype(str)),
             split_name=("sample", np.asarray(self.splits)[self.split]),
         )
+
+
+# --- verifying ------------------------------------------------------------------------------
+
+
+def format_version(attrs: dict[str, Any]) -> int:
+    """The store format of a group's attributes: 2 with checksums, 1 (no attribute) without.
+
+    Examples
+    --------
+    >>> format_version({"format_version": 2}), format_version({})
+    (2, 1)
+    """
+    return int(attrs.get("format_version", 1))
+
+
+@dataclass
+class StoredChunk:
+    """One images chunk of a store as :func:`read_chunk` read it: what ``verify`` compares
+    (``None`` where the array is absent or its chunk could not be read), and the outcome of
+    every chunk file of the arrays chunked with it."""
+
+    index: int
+    start: int
+    images: np.ndarray | None
+    hist: np.ndarray | None
+    valid: np.ndarray | None
+    mean: np.ndarray | None
+    std: np.ndarray | None
+    done: bool
+    files: int  # chunk files read
+    errors: list[tuple[str, str]]  # (array, message): damaged or unreadable chunks
+    missing: list[str]  # arrays whose chunk file must exist and does not
+
+
+#: Arrays whose every chunk file exists once its chunk is done (an absent file is damage,
+#: not a fill value): the pixels, the histograms, and what the scan wrote at creation.
+_ALWAYS_WRITTEN = frozenset({"images", "hist", *_SCAN_ARRAYS, "findings", "finding"})
+_CHUNK_FLAGS = "chunk_done"
+
+
+def chunk_layout(group: zarr.Group) -> tuple[list[str], list[tuple[str, tuple[int, ...]]]]:
+    """Every array of the store, from its committed metadata: the arrays read with each
+    images chunk (chunked like it along ``sample``, or one entry per chunk along ``chunk``),
+    and every chunk ``(array, coords)`` of the other arrays (written at creation, or added
+    later by other stages)."""
+    rows = zarrio.rows_per_chunk(group["images"]._async_array)
+    with_images, others = [], []
+    for name, array in sorted(group.arrays()):
+        meta = array.metadata
+        dims = meta.dimension_names or ()
+        counts = zarrio.chunk_counts(array._async_array)
+        along = {"sample": rows, "chunk": 1}.get(dims[0] if dims else None)
+        if meta.chunk_grid.chunk_shape[0] == along and all(c == 1 for c in counts[1:]):
+            with_images.append(name)
+        else:
+            others += [(name, coords) for coords in np.ndindex(*counts)]
+    return with_images, others
+
+
+def read_chunk(group: zarr.Group, index: int, names: list[str]) -> StoredChunk:
+    """Read chunk ``index`` of each array ``names`` (:func:`chunk_layout`), every file decoded
+    with its codecs (checksums checked); never raises for a damaged chunk."""
+    arrays = zarrio.arrays_of(group, names)
+    rows = zarrio.rows_per_chunk(arrays["images"])
+    coords = {name: (index,) + (0,) * (len(a.shape) - 1) for name, a in arrays.items()}
+    values = dict(zip(names, zarrio.read_chunks([(arrays[n], coords[n]) for n in names]),
+                      strict=True))
+    errors = [(n, f"{type(v).__name__}: {v}") for n, v in values.items()
+              if isinstance(v, Exception)]
+    missing = [n for n, v in values.items() if v is None and n in _ALWAYS_WRITTEN]
+
+    def get(name: str) -> np.ndarray | None:
+        v = values.get(name)
+        return None if v is None or isinstance(v, Exception) else v
+
+    done = get(_CHUNK_FLAGS)
+    return StoredChunk(index, index * rows, get("images"), get("hist"), get("valid"),
+                       get("mean"), get("std"), bool(done is not None and done.all()),
+                       sum(v is not None for v in values.values()), errors, missing)
+
+
+def read_other_chunk(group: zarr.Group, name: str, coords: tuple[int, ...]
+                     ) -> tuple[bool, str | None]:
+    """Read one chunk of an array not chunked with the images: (file present, error)."""
+    value = zarrio.read_chunks([(group[name]._async_array, coords)])[0]
+    if isinstance(value, Exception):
+        return True, f"{type(value).__name__}: {value}"
+    if value is None and name in _ALWAYS_WRITTEN:
+        return False, "chunk file missing"
+    return value is not None, None
+
+
+def source_facts(group: zarr.Group) -> pd.DataFrame:
+    """What ingest recorded about each source file: ``path`` (relative to the ``source``
+    attribute), ``file_bytes`` (-1: could not be stat'ed), ``sha256`` ("" if unread) and
+    ``status``."""
+    return pd.DataFrame({name: group[name][:]
+                         for name in ("path", "file_bytes", "sha256", "status")})
