@@ -13,6 +13,7 @@ confirmed on a full decode (rare: only files whose last reduced block is exactly
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import replace
 
@@ -27,6 +28,10 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
             4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+# Markers libjpeg refuses between the scans and the end of the image: all but byte stuffing
+# (00), fill (FF), TEM (01), RSTn (D0-D7), EOI, DHT, DAC, SOS, DQT, DNL, DRI, APPn and COM.
+_STRAY_MARKER = re.compile(rb"\xff[\x02-\xc3\xc5-\xcb\xcd-\xcf\xd8\xde\xdf\xf0-\xfd]")
+_NOT_RESTART = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")  # after a sequential file's only scan
 _GREY_FILL = 128  # libjpeg's output for a block whose coefficients are all zero
 _MIN_TELLING_BLOCK = 4  # a reduced block smaller than this is confirmed at full size
 
@@ -79,12 +84,36 @@ def header(data: bytes) -> Header:
             if frame.height == 0 or frame.width == 0 or frame.channels not in (1, 3, 4):
                 raise ImageError("corrupt", f"JPEG frame header declares "
                                  f"{frame.width}x{frame.height}x{frame.channels}")
-            if data.rfind(b"\xff\xd9", pos) == -1:
-                raise ImageError("truncated", "JPEG ends before its end-of-image marker")
+            _check_scan(data, pos, frame)
             # OpenCV applies the Exif orientation: report the size of what it decodes.
             return replace(frame, height=frame.width, width=frame.height) if transposed else frame
         pos += 2 + length
     raise ImageError("truncated" if frame else "corrupt", "JPEG header ends before scan data")
+
+
+def _check_scan(data: bytes, sos: int, frame: Header) -> None:
+    """The policy for what follows the first scan header, for ``.jpeg`` files and the JPEG
+    frames of DICOM alike.
+
+    A stream that ends before its end-of-image marker is ``truncated`` (libjpeg would fill the
+    rest grey without an error). Before that marker, libjpeg stops with an error (which OpenCV
+    does not pass on, and for which Pillow refuses the file) at a marker it does not know, a
+    second SOI or frame header, and, in a sequential JPEG whose first scan holds every
+    component, at anything but restart markers: such files are ``corrupt``.
+    """
+    end = data.find(b"\xff\xd9", sos)
+    if end == -1:
+        raise ImageError("truncated", "JPEG ends before its end-of-image marker")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    only_scan = not frame.progressive and sos + 4 < len(data) and data[sos + 4] >= frame.channels
+    stray = (_NOT_RESTART if only_scan else _STRAY_MARKER).search(data, start, end)
+    if stray:
+        raise ImageError("corrupt", f"JPEG scan data holds marker 0x{stray[0][1]:02x} at byte "
+                         f"{stray.start()}, where libjpeg stops with an error")
+    scans = 1 + data.count(b"\xff\xda", start, end)
+    if not frame.progressive and scans > frame.channels:
+        raise ImageError("corrupt", f"sequential JPEG with {scans} scans for "
+                         f"{frame.channels} components, which libjpeg refuses")
 
 
 def dct_scale(header: Header, size: int) -> int:

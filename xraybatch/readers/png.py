@@ -9,6 +9,7 @@ from .base import Header, ImageError, Options, Pixels
 
 MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+_MAX_CHUNK = 2**31 - 1  # the PNG specification's limit
 
 
 def sniff(data: bytes) -> bool:
@@ -23,7 +24,23 @@ def header(data: bytes) -> Header:
         raise ImageError("corrupt", f"PNG header declares {width}x{height}, colour type {colour}")
     if data.rfind(b"IEND") == -1:
         raise ImageError("truncated", "PNG ends before its IEND chunk")
+    _check_chunks(data)
     return Header("png", height, width, _PNG_CHANNELS[colour], bitdepth)
+
+
+def _check_chunks(data: bytes) -> None:
+    """Every chunk up to IEND fits in the file: OpenCV's PNG reader loops for ever on a chunk
+    whose length runs past the end (found by the fuzzer: tests/test_fuzz.py)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if length > _MAX_CHUNK or pos + 12 + length > len(data):
+            raise ImageError("corrupt", f"PNG chunk {kind!r} at byte {pos} declares {length} "
+                             "bytes, past the end of the file")
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+    raise ImageError("truncated", "PNG ends before its IEND chunk")
 
 
 def decode(data: bytes, header: Header, options: Options) -> Pixels:
