@@ -21,6 +21,7 @@ from fuzzing import (
     IMAGE_FORMATS,
     SEEDS,
     SIZE,
+    CaseMaker,
     DrawChooser,
     Runner,
     dicom_elements,
@@ -61,22 +62,23 @@ def _explain(failures) -> str:
 def test_smoke_run(runner) -> None:
     """2,000 seeded cases: no traceback, no hang, no crash, every case an image or a reason
     code, nothing the reference decoder refuses stored as valid, memory bounded."""
-    report = runner.run_many(schedule(SMOKE_CASES))
+    report = runner.run_many(schedule(SMOKE_CASES, image_turns=10))
     assert not report.failures, _explain(report.failures)
     assert sum(report.cases.values()) == SMOKE_CASES and set(report.cases) == set(FORMATS)
-    assert min(report.cases.values()) >= 100
+    assert min(report.cases.values()) >= 60
     outcomes = Counter(outcome for (fmt, outcome) in report.outcomes.elements())
     allowed = {"ok", "ok+damaged", "scanned", "ScanError", *decode.REASONS}
     assert set(outcomes) <= allowed, outcomes
     for fmt in IMAGE_FORMATS:  # the mutations reach both sides: stored and refused
         stored = report.outcomes[(fmt, "ok")]
         assert 0.03 * report.cases[fmt] < stored < 0.8 * report.cases[fmt], (fmt, stored)
-    assert report.refused_by_reference["jpeg"] and report.refused_by_reference["dicom"]
+    for fmt in IMAGE_FORMATS:  # every stored image was checked by the reference decoder
+        assert report.checked_by_reference[fmt] >= report.outcomes[(fmt, "ok")]
     assert report.peak_rss_mb < MAX_RSS_MB
     assert report.slowest.seconds < runner.timeout
 
 
-@settings(max_examples=150, derandomize=True, database=None, deadline=None,
+@settings(max_examples=100, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), fmt=st.sampled_from(IMAGE_FORMATS))
 def test_hypothesis_cases(runner, seeds, data, fmt) -> None:
@@ -107,7 +109,7 @@ def test_good_files_in_a_fuzzed_batch(runner, seeds, tmp_path) -> None:
             for folder in (good, dirty):
                 (folder / f"good_{fmt}_{i}{_EXT[fmt]}").write_bytes(data)
     expected = {}
-    for fmt, index in schedule(120, IMAGE_FORMATS, start=5000):
+    for fmt, index in schedule(60, IMAGE_FORMATS, start=5000):
         out = runner.run(fmt, index)
         assert not out.problems, _explain([out])
         name = f"fuzz_{fmt}_{index}{_EXT[fmt]}"
@@ -243,6 +245,16 @@ FOUND = [
      _legacy_without_photometric_ok, "ok"),
     ("dicom JPEG frame larger than declared", "dicom", lambda s: _dicom_jpeg_frame(s, 8),
      "corrupt"),
+    ("dicom JPEG, 8-bit frame in 16 bits allocated", "dicom",
+     lambda s: set_value(s["dicom"][2], 0x00280100, struct.pack("<H", 16), b"US"), "corrupt"),
+    ("dicom JPEG, BitsAllocated 800", "dicom",
+     lambda s: set_value(s["dicom"][2], 0x00280100, struct.pack("<H", 800), b"US"), "corrupt"),
+    ("dicom JPEG, PixelRepresentation 3", "dicom",
+     lambda s: set_value(s["dicom"][2], 0x00280103, struct.pack("<H", 3), b"US"), "corrupt"),
+    ("dicom JPEG, YBR_FULL_422 with one sample", "dicom",
+     lambda s: set_value(s["dicom"][2], 0x00280004, b"YBR_FULL_422", b"CS"), "corrupt"),
+    ("dicom photometric in lower case", "dicom",
+     lambda s: set_value(s["dicom"][2], 0x00280004, b"monochrome2", b"CS"), "corrupt"),
     ("dicom JPEG frame with fewer channels", "dicom", lambda s: _dicom_jpeg_frame(s, 40, 3),
      "corrupt"),
 ]
@@ -271,9 +283,12 @@ _I18_LOCK = ("issue 18, table path owned by branch i18-lock: a Parquet index tha
 
 @pytest.mark.xfail(reason=_I18_LOCK, strict=False)
 def test_table_known_bug_classes(tmp_path) -> None:
-    with Runner(seed=1, timeout=20.0, reference=False, known_bugs=True) as r:
-        report = r.run_many(schedule(60, ("csv", "parquet")))
-    assert not report.failures, _explain(report.failures)
+    """Tables with cells climbing out of the root and Parquet indexes that repeat (in this
+    process: the table path does not hang)."""
+    maker = CaseMaker(tmp_path, seed=1, reference=False, known_bugs=True)
+    failures = [out for fmt, index in schedule(24, ("csv", "parquet"))
+                if (out := maker.run(fmt, index)).problems]
+    assert not failures, _explain(failures)
 
 
 @pytest.mark.xfail(reason=_I18_LOCK, strict=False)

@@ -163,6 +163,9 @@ def header(data: bytes) -> Header:
     if photometric not in PHOTOMETRIC:
         raise ImageError("corrupt", f"DICOM photometric interpretation {photometric!r} is "
                          f"not one of {', '.join(PHOTOMETRIC)}")
+    if samples != (1 if photometric.startswith(("MONO", "PALETTE")) else 3):
+        raise ImageError("corrupt", f"DICOM declares {samples} samples per pixel for "
+                         f"{photometric}")
     if not 1 <= bits <= allocated:
         raise ImageError("corrupt", f"DICOM declares {bits} bits stored in {allocated}")
     if frames > 1:
@@ -281,16 +284,34 @@ def _jpeg_frame(ds: Any) -> bytes:
         raise ImageError("truncated", f"DICOM JPEG fragments are incomplete: {e}") from None
 
 
+def _validate(ds: Any) -> None:
+    """The image description checked as pydicom checks it before decoding (bits allocated,
+    pixel representation, planar configuration...): the JPEG fast path, which does not go
+    through pydicom's decoders, refuses what they refuse."""
+    from pydicom.pixels.decoders.base import DecodeRunner
+
+    runner = DecodeRunner(ds.file_meta.TransferSyntaxUID)
+    try:
+        runner.set_source(ds)
+        runner.validate()
+    except (AttributeError, ValueError) as e:
+        raise ImageError("corrupt", f"DICOM image description is invalid: {e}") from None
+
+
 def _frame_header(frame: bytes, header: Header) -> Header:
     """The JPEG stream's own header, read by the ``.jpeg`` reader: the same policy for a cut
-    stream (``truncated``), and a frame the size the DICOM declares (its Rows x Columns
-    passed the pixel limit; a larger frame would bypass it)."""
+    stream (``truncated``), and a frame the size, channels and sample depth the DICOM
+    declares (its Rows x Columns passed the pixel limit; a larger frame would bypass it)."""
     own = jpeg.header(frame)
     if ({own.height, own.width} != {header.height, header.width}  # Exif may transpose
             or own.channels != header.channels):
         raise ImageError("corrupt", f"DICOM JPEG frame is {own.width}x{own.height}x"
                          f"{own.channels}, the header declares {header.width}x{header.height}"
                          f"x{header.channels}")
+    allocated = int(header.source.BitsAllocated)
+    if own.bitdepth != allocated:  # pydicom cannot fit the samples either
+        raise ImageError("corrupt", f"DICOM JPEG frame has {own.bitdepth}-bit samples, the "
+                         f"header allocates {allocated} bits")
     return own
 
 
@@ -302,6 +323,7 @@ def decode(data: bytes, header: Header, options: Options) -> Pixels:
     meta = metadata(ds, r)
     scale = 1
     if ds.file_meta.get("TransferSyntaxUID", "") == JPEG_BASELINE:
+        _validate(ds)
         frame = _jpeg_frame(ds)
         pixels = jpeg.decode(frame, _frame_header(frame, header), options)
         stored, scale = pixels.image, pixels.scale
