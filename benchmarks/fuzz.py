@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             report.add(out)
             if out.problems:
                 print(f"FAILURE {fmt} case {index}: {out.problems[0][-300:]}", flush=True)
-                _save_failure(runner, out, args.seed, args.failures)
+                try:
+                    _save_failure(runner, out, args.seed, args.failures)
+                except Exception as e:  # a harness error: the case is reported anyway
+                    print(f"  (its bytes could not be saved: {e!r})", flush=True)
             if i % 5000 == 0:
                 print(f"{i} cases in {time.perf_counter() - t0:.0f} s, {len(report.failures)} "
                       f"failures, load {_load()}", flush=True)

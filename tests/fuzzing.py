@@ -333,7 +333,7 @@ def p_ihdr(data: bytes, ch: Chooser) -> bytes:
     """IHDR fields (width, height, bit depth, colour type, methods, interlace), CRC
     recomputed (mostly) or not."""
     c = _one(data, ch, b"IHDR")
-    if c is None or c.length != 13:
+    if c is None or c.length != 13 or c.start + 21 > len(data):
         return data
     payload = bytearray(data[c.start + 8:c.start + 21])
     what = ch.below(7)

@@ -168,6 +168,25 @@ def _png_idat_length(seeds) -> bytes:
     return data[:idat.start] + struct.pack(">I", 0xFFFFFFFE) + data[idat.start + 4:]
 
 
+def _apng(data: bytes, pixels_from: bytes) -> bytes:
+    """``data`` with an acTL chunk after IHDR (an animated PNG of one frame, IDAT the default
+    image), its IDAT taken from ``pixels_from``."""
+    chunks = png_chunks(data)
+    idat = b"".join(pixels_from[c.start:c.end] for c in png_chunks(pixels_from)
+                    if c.kind == b"IDAT")
+    return (data[:chunks[0].end] + png_chunk(b"acTL", struct.pack(">II", 1, 0)) + idat
+            + data[chunks[-1].start:])
+
+
+def _apng_bad_zlib(seeds) -> bytes:
+    data = seeds["png"][0]
+    idat = next(c for c in png_chunks(data) if c.kind == b"IDAT")
+    stream = bytearray(data[idat.start + 8:idat.end - 4])
+    stream[5:25] = bytes(20)  # deflate blocks that do not decode; CRC recomputed
+    broken = data[:idat.start] + png_chunk(b"IDAT", bytes(stream)) + data[idat.end:]
+    return _apng(broken, broken)
+
+
 def _jpeg_insert_in_scan(seeds, piece: bytes, at: int = 40) -> bytes:
     data = seeds["jpeg"][0]
     _, scan = jpeg_segments(data)
@@ -228,6 +247,10 @@ FOUND = [
     ("png IEND missing after a complete IDAT", "png",
      lambda s: s["png"][0][:png_chunks(s["png"][0])[-1].start] + png_chunk(b"tEXt", b"k\0v"),
      "truncated"),
+    ("png APNG with damaged pixel data (OpenCV: black image)", "png", _apng_bad_zlib,
+     "corrupt"),
+    ("png APNG with good pixel data: the default image", "png",
+     lambda s: _apng(s["png"][0], s["png"][0]), "ok"),
     ("jpeg unknown marker in the scan", "jpeg", lambda s: _jpeg_insert_in_scan(s, b"\xff\x5f"),
      "corrupt"),
     ("jpeg DHT after the only scan", "jpeg",

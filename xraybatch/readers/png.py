@@ -10,6 +10,7 @@ from .base import Header, ImageError, Options, Pixels
 MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 _MAX_CHUNK = 2**31 - 1  # the PNG specification's limit
+_ANIMATION = (b"acTL", b"fcTL", b"fdAT")
 
 
 def sniff(data: bytes) -> bool:
@@ -44,4 +45,19 @@ def _check_chunks(data: bytes) -> None:
 
 
 def decode(data: bytes, header: Header, options: Options) -> Pixels:
-    return opencv.decode(data, header, options)
+    return opencv.decode(_default_image(data), header, options)
+
+
+def _default_image(data: bytes) -> bytes:
+    """An animated PNG without its animation chunks: the default image, decoded by libpng as
+    any PNG. OpenCV's APNG reader returns a black image where libpng refuses damaged pixel
+    data (found by the fuzzer: tests/test_fuzz.py)."""
+    if b"acTL" not in data:
+        return data
+    pos, kept = 8, [data[:8]]
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        if data[pos + 4:pos + 8] not in _ANIMATION:
+            kept.append(data[pos:pos + 12 + length])
+        pos += 12 + length
+    return b"".join(kept)
