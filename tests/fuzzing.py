@@ -863,11 +863,35 @@ def check_image(fmt: str, data: bytes, path: Path, reference: bool = True) -> Ou
             out.problems.append(f"inspect: bad error {e.code!r} {e}")
     except Exception:
         out.problems.append("inspect traceback: " + traceback.format_exc())
+    if len(data) % 8 == 0:  # one case in eight also through the command line itself
+        _check_cli(path, out)
     stored = out.ingest.startswith("ok") or out.inspect == "ok"
     out.reference = reference_refuses(fmt, data) if reference and stored else "-"
     if out.reference not in ("", "-"):
         out.problems.append(f"stored as valid, the reference refuses it: {out.reference}")
     return out
+
+
+def _check_cli(path: Path, out: Outcome) -> None:
+    """``xraybatch inspect FILE``: exit status 0, or 2 with one line on stderr naming the
+    reason code that ``inspect_image`` gave."""
+    import contextlib
+
+    from xraybatch import cli
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            status = cli.main(["inspect", str(path), "--json"])
+    except BaseException:  # SystemExit included: main returns its status
+        out.problems.append("cli traceback: " + traceback.format_exc())
+        return
+    lines = stderr.getvalue().splitlines()
+    if out.inspect == "ok":
+        if status != 0 or lines:
+            out.problems.append(f"cli: status {status} for a readable file: {lines}")
+    elif status != 2 or len(lines) != 1 or not lines[0].endswith(f"[{out.inspect}]"):
+        out.problems.append(f"cli: status {status}, stderr {lines} for {out.inspect}")
 
 
 # --- tables ------------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def rendering(ds: Any) -> render.Rendering:
     if ds.get("VOILUTSequence"):
         voi_lut = _lut(ds.VOILUTSequence[0])
     function = str(ds.get("VOILUTFunction", "") or "LINEAR").upper()
-    return render.Rendering(
+    r = render.Rendering(
         slope=_first(ds.get("RescaleSlope")) or 1.0,
         intercept=_first(ds.get("RescaleIntercept")) or 0.0,
         modality_lut=modality_lut,
@@ -241,6 +241,13 @@ def rendering(ds: Any) -> render.Rendering:
         function=function if function in render.VOI_FUNCTIONS else "LINEAR",
         voi_lut=voi_lut,
         monochrome1=str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1")
+    # A rescale or window that is not a finite number (or overflows on the stored values)
+    # would render every pixel NaN or infinite, stored as one grey level: damaged header.
+    top = abs(r.slope) * 2.0 ** min(int(ds.get("BitsStored", 16) or 16), 64) + abs(r.intercept)
+    if not all(math.isfinite(v) for v in (top, r.center or 0, r.width or 0)):
+        raise ImageError("corrupt", f"DICOM rescale ({r.slope}, {r.intercept}) or window "
+                         f"({r.center}, {r.width}) is not a finite number")
+    return r
 
 
 def metadata(ds: Any, r: render.Rendering) -> dict[str, Any]:
