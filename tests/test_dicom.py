@@ -277,6 +277,22 @@ def test_cut_jpeg_stream_in_dicom_follows_the_jpeg_policy(mode, fraction, fragme
     np.testing.assert_array_equal(as_dicom.image, as_jpeg.image)
 
 
+def test_cut_jpeg_stream_followed_by_another_fragment() -> None:
+    """Issue 18's case: the cut stream, then the whole image again in a second fragment of the
+    same frame. The frame then holds an end-of-image marker (the second image's), and main
+    stored it as valid + damaged; as a ``.jpeg`` the same bytes were stored too."""
+    cut = JPEG_FOR_CUTS[:len(JPEG_FOR_CUTS) * 6 // 10]
+    cut += b"\0" * (len(cut) % 2)
+    ds = pydicom.dcmread(io.BytesIO(to_dicom(jpeg=JPEG_FOR_CUTS)))
+    ds.PixelData = b"".join(b"\xfe\xff\x00\xe0" + len(p).to_bytes(4, "little") + p
+                            for p in (b"", cut, JPEG_FOR_CUTS))  # empty offset table first
+    for data in (_saved(ds), cut + JPEG_FOR_CUTS):
+        for mode in ("fast", "exact"):
+            with pytest.raises(decode.ImageError, match="another image starts") as err:
+                decode.process(data, 64, mode=mode)
+            assert err.value.code == "truncated"
+
+
 def _legacy(data: bytes, implicit: bool = True) -> bytes:
     """As an ACR-NEMA-style exporter writes it: pydicom without the file meta and preamble."""
     ds = pydicom.dcmread(io.BytesIO(data))

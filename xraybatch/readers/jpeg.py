@@ -96,15 +96,20 @@ def _check_scan(data: bytes, sos: int, frame: Header) -> None:
     frames of DICOM alike.
 
     A stream that ends before its end-of-image marker is ``truncated`` (libjpeg would fill the
-    rest grey without an error). Before that marker, libjpeg stops with an error (which OpenCV
-    does not pass on, and for which Pillow refuses the file) at a marker it does not know, a
-    second SOI or frame header, and, in a sequential JPEG whose first scan holds every
-    component, at anything but restart markers: such files are ``corrupt``.
+    rest grey without an error), also when another image's SOI follows the cut (an exporter
+    that stored a cut stream and then the image again). Before that marker, libjpeg stops
+    with an error (which OpenCV does not pass on, and for which Pillow refuses the file) at a
+    marker it does not know, a second frame header, and, in a sequential JPEG whose first
+    scan holds every component, at anything but restart markers: such files are ``corrupt``.
     """
     end = data.find(b"\xff\xd9", sos)
     if end == -1:
         raise ImageError("truncated", "JPEG ends before its end-of-image marker")
     start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
+    restart = data.find(b"\xff\xd8", start, end)
+    if restart != -1:  # the rest of a cut stream replaced by another image (a second fragment)
+        raise ImageError("truncated", f"JPEG ends before its end-of-image marker: another "
+                         f"image starts at byte {restart}")
     only_scan = not frame.progressive and sos + 4 < len(data) and data[sos + 4] >= frame.channels
     stray = (_NOT_RESTART if only_scan else _STRAY_MARKER).search(data, start, end)
     if stray:
