@@ -235,15 +235,22 @@ def j_segments(data: bytes, ch: Chooser) -> bytes:
     if not segments:
         return data
     seg = pick(ch, segments)
-    piece = data[seg.start:seg.end]
-    rest = data[:seg.start] + data[seg.end:]
+    return _rearrange(data, seg.start, seg.end, ch, [s.start for s in segments], seg.start)
+
+
+def _rearrange(data: bytes, start: int, end: int, ch: Chooser, starts: list[int],
+               copy_at: int, floor: int | None = None) -> bytes:
+    """Drop ``data[start:end]``, copy it to ``copy_at``, or move it before one of ``starts``
+    (no sooner than ``floor``)."""
+    piece, rest = data[start:end], data[:start] + data[end:]
     what = ch.below(3)
     if what == 0:
         return rest
     if what == 1:
-        return data[:seg.start] + piece + data[seg.start:]
-    other = pick(ch, segments)
-    at = other.start if other.start < seg.start else other.start - len(piece)
+        return data[:copy_at] + piece + data[copy_at:]
+    other = pick(ch, starts)
+    at = other if other < start else other - len(piece)
+    at = at if floor is None else max(floor, at)
     return rest[:at] + piece + rest[at:]
 
 
@@ -379,15 +386,7 @@ def p_chunks(data: bytes, ch: Chooser) -> bytes:
     if not chunks:
         return data
     c = pick(ch, chunks)
-    piece, rest = data[c.start:c.end], data[:c.start] + data[c.end:]
-    what = ch.below(3)
-    if what == 0:
-        return rest
-    if what == 1:
-        return data[:c.end] + piece + data[c.end:]
-    other = pick(ch, chunks)
-    at = other.start if other.start < c.start else max(8, other.start - len(piece))
-    return rest[:at] + piece + rest[at:]
+    return _rearrange(data, c.start, c.end, ch, [k.start for k in chunks], c.end, floor=8)
 
 
 def p_pixels(data: bytes, ch: Chooser) -> bytes:
@@ -714,8 +713,16 @@ def png_seeds() -> list[bytes]:
 
 
 def dicom_seeds() -> list[bytes]:
+    from unittest import mock
+
     import pydicom
 
+    uids = (f"1.2.826.0.1.3680043.10.543.{i}" for i in range(1, 1000))
+    with mock.patch("pydicom.uid.generate_uid", lambda *a, **k: next(uids)):
+        return _dicom_seeds(pydicom)  # the same bytes in every process: UIDs fixed
+
+
+def _dicom_seeds(pydicom: Any) -> list[bytes]:
     from xraybatch.synth_dicom import to_dicom
 
     stored = _picture(10, 40, 34).astype(np.uint16) * 16 + 8
@@ -724,7 +731,7 @@ def dicom_seeds() -> list[bytes]:
     mono1 = to_dicom(65535 - stored * 16, photometric="MONOCHROME1", bits_stored=16)
     encapsulated = to_dicom(jpeg=jpeg_seeds()[0], window=(128.0, 256.0, "SIGMOID"))
     ds = pydicom.dcmread(io.BytesIO(native))
-    ds.compress(pydicom.uid.RLELossless)
+    ds.compress(pydicom.uid.RLELossless, generate_instance_uid=False)
     rle = io.BytesIO()
     ds.save_as(rle, enforce_file_format=True)
     return [native, mono1, encapsulated, rle.getvalue(), legacy_dicom(native)]

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
+from fuzzing import legacy_dicom
 
 import xraybatch
 from xraybatch import decode
@@ -293,17 +294,6 @@ def test_cut_jpeg_stream_followed_by_another_fragment() -> None:
             assert err.value.code == "truncated"
 
 
-def _legacy(data: bytes, implicit: bool = True) -> bytes:
-    """As an ACR-NEMA-style exporter writes it: pydicom without the file meta and preamble."""
-    ds = pydicom.dcmread(io.BytesIO(data))
-    del ds.file_meta
-    ds.preamble = None
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, implicit_vr=implicit, little_endian=True,
-                     enforce_file_format=False)
-    return buf.getvalue()
-
-
 def _no_preamble(data: bytes) -> bytes:
     """A Part 10 file whose writer left out the preamble and DICM (file meta kept)."""
     ds = pydicom.dcmread(io.BytesIO(data))
@@ -313,7 +303,8 @@ def _no_preamble(data: bytes) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("make", [_legacy, lambda d: _legacy(d, implicit=False), _no_preamble],
+@pytest.mark.parametrize("make", [legacy_dicom, lambda d: legacy_dicom(d, implicit=False),
+                                  _no_preamble],
                          ids=["implicit", "explicit", "part10_without_preamble"])
 def test_legacy_dicom_without_preamble_is_read(jpeg_bytes, make) -> None:
     stored = (np.arange(60 * 50).reshape(60, 50) * 3 % 4096).astype(np.uint16)
@@ -333,7 +324,7 @@ def test_acr_nema_without_photometric_is_monochrome2() -> None:
     """ACR-NEMA 1.0 images may lack SamplesPerPixel and PhotometricInterpretation."""
     stored = (np.arange(30 * 20).reshape(30, 20) * 7 % 4096).astype(np.uint16)
     part10 = to_dicom(stored, bits_stored=12)
-    ds = pydicom.dcmread(io.BytesIO(_legacy(part10)), force=True)
+    ds = pydicom.dcmread(io.BytesIO(legacy_dicom(part10)), force=True)
     del ds.PhotometricInterpretation, ds.SamplesPerPixel
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
@@ -345,7 +336,7 @@ def test_legacy_recognition_is_by_content() -> None:
     from xraybatch.readers import dicom
 
     native = _native()
-    assert dicom.sniff(_legacy(native)) and dicom.sniff(_no_preamble(native))
+    assert dicom.sniff(legacy_dicom(native)) and dicom.sniff(_no_preamble(native))
     # Not DICOM: random bytes, text, another image, a group-0008 start without a second
     # element, tags out of order, an odd length.
     rng = np.random.default_rng(0)
@@ -360,8 +351,8 @@ def test_legacy_dicom_is_scanned_and_ingested(jpeg_bytes, tmp_path) -> None:
     src = tmp_path / "src" / "A"
     src.mkdir(parents=True)
     native = _native(patient_id="P3")
-    (src / "legacy.dcm").write_bytes(_legacy(native))
-    (src / "IM00001").write_bytes(_legacy(native))  # no extension, as archives name them
+    (src / "legacy.dcm").write_bytes(legacy_dicom(native))
+    (src / "IM00001").write_bytes(legacy_dicom(native))  # no extension, as archives name them
     (src / "1.2.840.113619.2.55.3.7").write_bytes(_no_preamble(native))
     (src / "notes").write_bytes(b"\x08\x00 not a DICOM file, no extension\n")
     (src / "part10.dcm").write_bytes(native)
