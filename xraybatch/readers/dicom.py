@@ -155,8 +155,7 @@ def header(data: bytes) -> Header:
                   *(["PlanarConfiguration"] if samples > 1 else [])]
         absent = [keyword for keyword in needed if keyword not in ds]
     except Exception as e:  # absent, or a value pydicom cannot convert (its types vary)
-        raise ImageError("corrupt", f"DICOM image description is incomplete: {e}"
-                         .replace("\n", " ")) from None
+        raise ImageError("corrupt", f"DICOM image description is incomplete: {e}") from None
     if absent:
         raise ImageError("corrupt", f"DICOM image description has no {absent[0]}")
     photometric, allocated = str(ds.PhotometricInterpretation), int(ds.BitsAllocated)
@@ -180,10 +179,9 @@ def _legacy_encoding(ds: Any, legacy: bool) -> None:
     """Give a data set read without its Part 10 file meta what its decoders need.
 
     ACR-NEMA files (and some writers' Part 10 files) have no transfer syntax: it is the
-    encoding pydicom
-    found while parsing (implicit VR little endian for nearly all of them). ACR-NEMA 1.0
-    images may lack SamplesPerPixel and PhotometricInterpretation: one grey sample
-    (MONOCHROME2), what those files hold.
+    encoding pydicom found while parsing (implicit VR little endian for nearly all of them).
+    ACR-NEMA 1.0 images may lack SamplesPerPixel and PhotometricInterpretation: one grey
+    sample (MONOCHROME2), what those files hold.
     """
     from pydicom import uid
 

@@ -28,10 +28,11 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
             4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
-# Markers libjpeg refuses between the scans and the end of the image: all but byte stuffing
-# (00), fill (FF), TEM (01), RSTn (D0-D7), EOI, DHT, DAC, SOS, DQT, DNL, DRI, APPn and COM.
-_STRAY_MARKER = re.compile(rb"\xff[\x02-\xc3\xc5-\xcb\xcd-\xcf\xd8\xde\xdf\xf0-\xfd]")
-_NOT_RESTART = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")  # after a sequential file's only scan
+# A marker in scan data: 0xFF, then neither byte stuffing (00), a fill byte, nor RSTn.
+_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
+# Marker segments libjpeg reads between the scans of a progressive or multi-scan JPEG: TEM,
+# DHT, DAC, SOS, DQT, DNL, DRI, APPn, COM (any other marker before EOI stops it with an error).
+_BETWEEN_SCANS = frozenset({0x01, 0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, *range(0xE0, 0xF0), 0xFE})
 _GREY_FILL = 128  # libjpeg's output for a block whose coefficients are all zero
 _MIN_TELLING_BLOCK = 4  # a reduced block smaller than this is confirmed at full size
 
@@ -93,32 +94,37 @@ def header(data: bytes) -> Header:
 
 def _check_scan(data: bytes, sos: int, frame: Header) -> None:
     """The policy for what follows the first scan header, for ``.jpeg`` files and the JPEG
-    frames of DICOM alike.
+    frames of DICOM alike (one pass over the scan data, marker to marker).
 
     A stream that ends before its end-of-image marker is ``truncated`` (libjpeg would fill the
     rest grey without an error), also when another image's SOI follows the cut (an exporter
     that stored a cut stream and then the image again). Before that marker, libjpeg stops
     with an error (which OpenCV does not pass on, and for which Pillow refuses the file) at a
-    marker it does not know, a second frame header, and, in a sequential JPEG whose first
-    scan holds every component, at anything but restart markers: such files are ``corrupt``.
+    marker it does not know, a second frame header, more scans than components in a
+    sequential JPEG, and, when the first scan holds every component of a sequential JPEG, at
+    anything but restart markers: such files are ``corrupt``.
     """
-    end = data.find(b"\xff\xd9", sos)
-    if end == -1:
-        raise ImageError("truncated", "JPEG ends before its end-of-image marker")
-    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
-    restart = data.find(b"\xff\xd8", start, end)
-    if restart != -1:  # the rest of a cut stream replaced by another image (a second fragment)
-        raise ImageError("truncated", f"JPEG ends before its end-of-image marker: another "
-                         f"image starts at byte {restart}")
     only_scan = not frame.progressive and sos + 4 < len(data) and data[sos + 4] >= frame.channels
-    stray = (_NOT_RESTART if only_scan else _STRAY_MARKER).search(data, start, end)
-    if stray:
-        raise ImageError("corrupt", f"JPEG scan data holds marker 0x{stray[0][1]:02x} at byte "
-                         f"{stray.start()}, where libjpeg stops with an error")
-    scans = 1 + data.count(b"\xff\xda", start, end)
-    if not frame.progressive and scans > frame.channels:
-        raise ImageError("corrupt", f"sequential JPEG with {scans} scans for "
-                         f"{frame.channels} components, which libjpeg refuses")
+    pos, scans = sos, 0
+    while True:  # pos: a marker segment (the scan header first), then its entropy data
+        if data[pos + 1] == 0xDA:
+            scans += 1
+            if not frame.progressive and scans > frame.channels:
+                raise ImageError("corrupt", f"sequential JPEG with {scans} scans for "
+                                 f"{frame.channels} components, which libjpeg refuses")
+        pos += 2 if data[pos + 1] == 0x01 else 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        found = _MARKER.search(data, pos)
+        if found is None:
+            raise ImageError("truncated", "JPEG ends before its end-of-image marker")
+        pos, code = found.start(), data[found.start() + 1]
+        if code == 0xD9:
+            return
+        if code == 0xD8:
+            raise ImageError("truncated", f"JPEG ends before its end-of-image marker: another "
+                             f"image starts at byte {pos}")
+        if only_scan or code not in _BETWEEN_SCANS:
+            raise ImageError("corrupt", f"JPEG scan data holds marker 0x{code:02x} at byte "
+                             f"{pos}, where libjpeg stops with an error")
 
 
 def dct_scale(header: Header, size: int) -> int:
