@@ -195,6 +195,13 @@ def _jpeg_insert_in_scan(seeds, piece: bytes, at: int = 40) -> bytes:
     return data[:scan + at] + piece + data[scan + at:]
 
 
+def _jpeg_header_tem(data: bytes) -> bytes:
+    """A TEM marker (no length) and junk before a table segment: libjpeg skips the junk with
+    a warning and OpenCV decodes, Pillow refuses the file (fuzz case 18490 of seed 1)."""
+    dht = next(s for s in jpeg_segments(data)[0] if s.marker == 0xC4)
+    return data[:dht.start] + b"\xff\x01" + bytes(range(31)) + data[dht.start:]
+
+
 def _jpeg_second_sos(seeds) -> bytes:
     """A second SOS in a one-component sequential JPEG: libjpeg errors, OpenCV decoded it."""
     data = seeds["jpeg"][0]
@@ -254,6 +261,8 @@ FOUND = [
     ("png APNG, pixel data that does not inflate", "png", _apng_bad_zlib, "corrupt"),
     ("png APNG with good pixel data: the default image", "png",
      lambda s: _apng(s["png"][0], s["png"][0]), "ok"),
+    ("jpeg TEM marker and junk among the header segments", "jpeg",
+     lambda s: _jpeg_header_tem(s["jpeg"][0]), "corrupt"),
     ("jpeg unknown marker in the scan", "jpeg", lambda s: _jpeg_insert_in_scan(s, b"\xff\x5f"),
      "corrupt"),
     ("jpeg DHT after the only scan", "jpeg",

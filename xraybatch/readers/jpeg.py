@@ -28,6 +28,8 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
             4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+# Markers without a segment (TEM, RSTn, SOI) where a header segment is expected.
+_NOT_A_SEGMENT = frozenset({0x01, *range(0xD0, 0xD9)})
 # A marker in scan data: 0xFF, then neither byte stuffing (00), a fill byte, nor RSTn.
 _MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
 # Marker segments libjpeg reads between the scans of a progressive or multi-scan JPEG: TEM,
@@ -71,6 +73,9 @@ def header(data: bytes) -> Header:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
+        if marker in _NOT_A_SEGMENT:  # libjpeg skips TEM's junk with a warning, Pillow refuses
+            raise ImageError("corrupt", f"JPEG marker 0x{marker:02x} at byte {pos}, where a "
+                             "marker segment is expected")
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if length < 2:
             raise ImageError("corrupt", f"JPEG segment length {length} at byte {pos}")
