@@ -189,6 +189,19 @@ def _apng_bad_zlib(seeds) -> bytes:
     return _apng(broken, broken)
 
 
+def _png_iend(data: bytes) -> bytes:
+    """Fuzz case 5349 of seed 1, reduced: IEND declares 8 bytes, a chunk of 2**31 follows."""
+    end = png_chunks(data)[-1].start
+    return (data[:end] + png_chunk(b"IEND", bytes(8)) + struct.pack(">I", 2**31) + b"IDAT"
+            + bytes(8))
+
+
+def _png_resized(data: bytes, width: int, height: int) -> bytes:
+    ihdr = bytearray(data[12:29])
+    ihdr[4:12] = struct.pack(">II", width, height)
+    return data[:8] + png_chunk(b"IHDR", bytes(ihdr[4:])) + data[33:]
+
+
 def _jpeg_insert_in_scan(seeds, piece: bytes, at: int = 40) -> bytes:
     data = seeds["jpeg"][0]
     _, scan = jpeg_segments(data)
@@ -253,6 +266,10 @@ def _legacy_without_photometric_ok(seeds) -> bytes:
 
 FOUND = [
     ("png chunk length past the end (OpenCV hang)", "png", _png_idat_length, "corrupt"),
+    ("png IEND with a length, then a 2 GB chunk (OpenCV allocated it)", "png",
+     lambda s: _png_iend(s["png"][0]), "corrupt"),
+    ("png 8000x8000 declared, 3 KB of pixel data (allocated, then refused)", "png",
+     lambda s: _png_resized(s["png"][0], 8000, 8000), "corrupt"),
     ("png IEND missing after a complete IDAT", "png",
      lambda s: s["png"][0][:png_chunks(s["png"][0])[-1].start] + png_chunk(b"tEXt", b"k\0v"),
      "truncated"),

@@ -11,6 +11,7 @@ MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 _MAX_CHUNK = 2**31 - 1  # the PNG specification's limit
 _ANIMATION = (b"acTL", b"fcTL", b"fdAT")
+_DEFLATE_RATIO = 1032  # deflate's largest compression ratio (258-byte matches in 2 bits)
 
 
 def sniff(data: bytes) -> bool:
@@ -25,26 +26,40 @@ def header(data: bytes) -> Header:
         raise ImageError("corrupt", f"PNG header declares {width}x{height}, colour type {colour}")
     if data.rfind(b"IEND") == -1:
         raise ImageError("truncated", "PNG ends before its IEND chunk")
-    _check_chunks(data)
-    return Header("png", height, width, _PNG_CHANNELS[colour], bitdepth)
+    samples = 1 if colour == 3 else _PNG_CHANNELS[colour]  # a palette index per pixel
+    pixel_bytes = height * ((width * samples * bitdepth + 7) // 8)
+    return Header("png", height, width, _PNG_CHANNELS[colour], bitdepth,
+                  source=(pixel_bytes, _check_chunks(data)))
 
 
-def _check_chunks(data: bytes) -> None:
-    """Every chunk up to IEND fits in the file: OpenCV's PNG reader loops for ever on a chunk
-    whose length runs past the end (found by the fuzzer: tests/test_fuzz.py)."""
-    pos = 8
+def _check_chunks(data: bytes) -> int:
+    """Every chunk up to an empty IEND fits in the file; returns the bytes of IDAT data.
+
+    OpenCV's PNG reader loops for ever on a chunk whose length runs past the end, reads on
+    after an IEND that has a length, and allocates the declared image before it finds that
+    the pixel data is too short (found by the fuzzer: tests/test_fuzz.py).
+    """
+    pos, compressed = 8, 0
     while pos + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         if length > _MAX_CHUNK or pos + 12 + length > len(data):
             raise ImageError("corrupt", f"PNG chunk {kind!r} at byte {pos} declares {length} "
                              "bytes, past the end of the file")
         if kind == b"IEND":
-            return
+            if length:
+                raise ImageError("corrupt", f"PNG IEND chunk at byte {pos} is not empty")
+            return compressed
+        compressed += length if kind == b"IDAT" else 0
         pos += 12 + length
     raise ImageError("truncated", "PNG ends before its IEND chunk")
 
 
 def decode(data: bytes, header: Header, options: Options) -> Pixels:
+    pixel_bytes, compressed = header.source or (0, 0)  # (0, 0): a header made elsewhere
+    if pixel_bytes > _DEFLATE_RATIO * compressed + 4096:  # checked after the pixel limit
+        raise ImageError("corrupt", f"PNG pixel data ({compressed} bytes compressed) cannot "
+                         f"hold {header.width}x{header.height} pixels (deflate compresses "
+                         f"{_DEFLATE_RATIO}:1 at the most)")
     return opencv.decode(_default_image(data), header, options)
 
 
