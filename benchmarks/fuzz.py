@@ -107,7 +107,10 @@ def _figures(report: fuzzing.Report, seconds: float) -> dict:
         "mean_ms_per_format": {f: round(1000 * sum(o.seconds for o in report.all
                                                    if o.fmt == f) / n, 2)
                                for f, n in report.cases.items()},
-        "peak_rss_mb": round(report.peak_rss_mb, 1), "seconds": round(seconds, 1),
+        "peak_rss_mb": round(report.peak_rss_mb, 1),
+        "peak_rss_set_by": (f"{report.peak_case.fmt} case {report.peak_case.case} "
+                            f"({report.peak_case.ingest})") if report.peak_case else None,
+        "seconds": round(seconds, 1),
         "cases_per_second": round(sum(report.cases.values()) / seconds, 1),
         "load_after": _load(), "python": platform.python_version(),
     }

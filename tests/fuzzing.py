@@ -1215,6 +1215,7 @@ class Report:
     checked_by_reference: Counter = field(default_factory=Counter)  # stored images
     failures: list[Outcome] = field(default_factory=list)
     slowest: Outcome | None = None
+    peak_case: Outcome | None = None
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     all: list[Outcome] = field(default_factory=list, repr=False)
@@ -1229,6 +1230,8 @@ class Report:
             self.failures.append(out)
         if self.slowest is None or out.seconds > self.slowest.seconds:
             self.slowest = out
+        if self.peak_case is None or out.rss_mb > self.peak_case.rss_mb:
+            self.peak_case = out  # the case that raised the worker's peak RSS last
         self.seconds += out.seconds
 
     def count(self, word: str) -> int:

@@ -29,15 +29,16 @@ def header(data: bytes) -> Header:
     samples = 1 if colour == 3 else _PNG_CHANNELS[colour]  # a palette index per pixel
     pixel_bytes = height * ((width * samples * bitdepth + 7) // 8)
     return Header("png", height, width, _PNG_CHANNELS[colour], bitdepth,
-                  source=(pixel_bytes, _check_chunks(data)))
+                  source=(pixel_bytes, *_check_chunks(data)))
 
 
-def _check_chunks(data: bytes) -> int:
-    """Every chunk up to an empty IEND fits in the file; returns the bytes of IDAT data.
+def _check_chunks(data: bytes) -> tuple[int, int]:
+    """Every chunk up to an empty IEND fits in the file; returns the bytes of IDAT data and
+    where the PNG ends (the end of IEND: what follows is not given to the decoder).
 
     OpenCV's PNG reader loops for ever on a chunk whose length runs past the end, reads on
-    after an IEND that has a length, and allocates the declared image before it finds that
-    the pixel data is too short (found by the fuzzer: tests/test_fuzz.py).
+    after IEND (allocating a chunk of 2 GB declared there), and allocates the declared image
+    before it finds that the pixel data is too short (found by the fuzzer: tests/test_fuzz.py).
     """
     pos, compressed = 8, 0
     while pos + 8 <= len(data):
@@ -48,19 +49,21 @@ def _check_chunks(data: bytes) -> int:
         if kind == b"IEND":
             if length:
                 raise ImageError("corrupt", f"PNG IEND chunk at byte {pos} is not empty")
-            return compressed
+            if not compressed:
+                raise ImageError("corrupt", "PNG has no pixel data (IDAT) before IEND")
+            return compressed, pos + 12
         compressed += length if kind == b"IDAT" else 0
         pos += 12 + length
     raise ImageError("truncated", "PNG ends before its IEND chunk")
 
 
 def decode(data: bytes, header: Header, options: Options) -> Pixels:
-    pixel_bytes, compressed = header.source or (0, 0)  # (0, 0): a header made elsewhere
+    pixel_bytes, compressed, end = header.source or (0, 0, len(data))  # None: made elsewhere
     if pixel_bytes > _DEFLATE_RATIO * compressed + 4096:  # checked after the pixel limit
         raise ImageError("corrupt", f"PNG pixel data ({compressed} bytes compressed) cannot "
                          f"hold {header.width}x{header.height} pixels (deflate compresses "
                          f"{_DEFLATE_RATIO}:1 at the most)")
-    return opencv.decode(_default_image(data), header, options)
+    return opencv.decode(_default_image(data[:end]), header, options)
 
 
 def _default_image(data: bytes) -> bytes:
