@@ -42,12 +42,17 @@ def test_premature_end_is_flagged(clean, mode, fraction) -> None:
     assert out.meta["damaged"] and "premature end" in out.meta["message"]
 
 
-def test_extraneous_marker_in_the_scan_is_flagged(clean) -> None:
+def test_stray_marker_in_the_scan_is_refused(clean) -> None:
+    """libjpeg stops at a marker it does not know and, once the grey fill is done, fails with
+    an error there (Pillow refuses the file); OpenCV returns the grey-filled image: refused
+    as ``corrupt`` (issue 18: the reference decoder's verdict; it was stored as damaged)."""
     at = _scan_start(clean) + 3000
     garbled = clean[:at] + b"\xff\x12\x34\x56" + clean[at:]
-    out = decode.process(garbled, 64, mode="fast")
-    # libjpeg stops at the stray marker and fills the rest grey, as for a premature end.
-    assert out.meta["damaged"] and "grey fill" in out.meta["message"]
+    full = cv2.imdecode(np.frombuffer(garbled, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert full is not None and (full[-8:, -8:] == 128).all()
+    with pytest.raises(decode.ImageError, match="marker 0x12") as err:
+        decode.process(garbled, 64, mode="fast")
+    assert err.value.code == "corrupt"
 
 
 def test_clean_files_are_not_flagged(clean, synth_small) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 import zarr
+from fuzzing import legacy_dicom
 
 import xraybatch
 from xraybatch import decode
@@ -238,3 +239,127 @@ def test_without_pydicom_dicom_files_get_an_install_hint_and_the_batch_goes_on(
     assert result.n_stored == 1
     message = result.failures.set_index("path").loc["A/b.dcm", "message"]
     assert message == "DICOM needs pydicom: pip install 'xraybatch[dicom]'"
+
+
+# --- issue 18: a cut JPEG stream inside DICOM, legacy files without the preamble -------------
+
+
+def _encapsulated(stream: bytes, fragments: int = 1) -> bytes:
+    """A JPEG-baseline DICOM as an exporter writes it around whatever stream it was given
+    (pydicom's ``encapsulate``; ``to_dicom`` itself refuses a cut stream)."""
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(to_dicom(jpeg=JPEG_FOR_CUTS)))
+    ds.PixelData = encapsulate([stream], fragments_per_frame=fragments)
+    return _saved(ds)
+
+
+JPEG_FOR_CUTS = cv2.imencode(".jpg", synth_image(np.random.default_rng(5), 300, 260, "VIRUS"),
+                             [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+@pytest.mark.parametrize("mode", ["fast", "exact"])
+@pytest.mark.parametrize("fraction", [0.3, 0.75, 0.999])
+@pytest.mark.parametrize("fragments", [1, 3])
+def test_cut_jpeg_stream_in_dicom_follows_the_jpeg_policy(mode, fraction, fragments) -> None:
+    """The same cut stream as a ``.jpeg`` file and inside a DICOM: refused as ``truncated``,
+    never stored as valid + damaged (one policy: readers/jpeg.py ``_check_scan``)."""
+    cut = JPEG_FOR_CUTS[:int(len(JPEG_FOR_CUTS) * fraction)]
+    for data in (cut, _encapsulated(cut, fragments)):
+        with pytest.raises(decode.ImageError) as err:
+            decode.process(data, 64, mode=mode)
+        assert err.value.code == "truncated", str(err.value)
+    # A premature end whose stream still has its EOI is damaged in both (the .jpeg policy).
+    patched = cut + b"\xff\xd9"
+    as_jpeg = decode.process(patched, 64, mode=mode)
+    as_dicom = decode.process(_encapsulated(patched, fragments), 64, mode=mode)
+    damaged = bool(as_jpeg.meta.get("damaged"))  # a cut near the end may leave no grey fill
+    assert bool(as_dicom.meta.get("damaged")) == damaged == (fraction < 0.9)
+    np.testing.assert_array_equal(as_dicom.image, as_jpeg.image)
+
+
+def test_cut_jpeg_stream_followed_by_another_fragment() -> None:
+    """Issue 18's case: the cut stream, then the whole image again in a second fragment of the
+    same frame. The frame then holds an end-of-image marker (the second image's), and main
+    stored it as valid + damaged; as a ``.jpeg`` the same bytes were stored too."""
+    cut = JPEG_FOR_CUTS[:len(JPEG_FOR_CUTS) * 6 // 10]
+    cut += b"\0" * (len(cut) % 2)
+    ds = pydicom.dcmread(io.BytesIO(to_dicom(jpeg=JPEG_FOR_CUTS)))
+    ds.PixelData = b"".join(b"\xfe\xff\x00\xe0" + len(p).to_bytes(4, "little") + p
+                            for p in (b"", cut, JPEG_FOR_CUTS))  # empty offset table first
+    for data in (_saved(ds), cut + JPEG_FOR_CUTS):
+        for mode in ("fast", "exact"):
+            with pytest.raises(decode.ImageError, match="another image starts") as err:
+                decode.process(data, 64, mode=mode)
+            assert err.value.code == "truncated"
+
+
+def _no_preamble(data: bytes) -> bytes:
+    """A Part 10 file whose writer left out the preamble and DICM (file meta kept)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.preamble = None
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)  # pydicom's write_like_original
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("make", [legacy_dicom, lambda d: legacy_dicom(d, implicit=False),
+                                  _no_preamble],
+                         ids=["implicit", "explicit", "part10_without_preamble"])
+def test_legacy_dicom_without_preamble_is_read(jpeg_bytes, make) -> None:
+    stored = (np.arange(60 * 50).reshape(60, 50) * 3 % 4096).astype(np.uint16)
+    part10 = to_dicom(stored, bits_stored=12, window=(2000.0, 3000.0, "LINEAR"),
+                      patient_id="P9")
+    data = make(part10)
+    assert data[128:132] != b"DICM" and data[:2] in (b"\x08\x00", b"\x02\x00")
+    ours = decode.process(data, 32, mode="exact")
+    np.testing.assert_array_equal(ours.image, decode.process(part10, 32, mode="exact").image)
+    assert ours.header.format == "dicom" and ours.meta["dicom_patient_id"] == "P9"
+    # The reference: pydicom reads it when told to (force=True), the same stored values.
+    ref = pydicom.dcmread(io.BytesIO(data), force=True)
+    assert ref.PatientID == "P9" and ref.Rows == 60
+
+
+def test_acr_nema_without_photometric_is_monochrome2() -> None:
+    """ACR-NEMA 1.0 images may lack SamplesPerPixel and PhotometricInterpretation."""
+    stored = (np.arange(30 * 20).reshape(30, 20) * 7 % 4096).astype(np.uint16)
+    part10 = to_dicom(stored, bits_stored=12)
+    ds = pydicom.dcmread(io.BytesIO(legacy_dicom(part10)), force=True)
+    del ds.PhotometricInterpretation, ds.SamplesPerPixel
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    np.testing.assert_array_equal(decode.process(buf.getvalue(), 16, mode="exact").image,
+                                  decode.process(part10, 16, mode="exact").image)
+
+
+def test_legacy_recognition_is_by_content() -> None:
+    from xraybatch.readers import dicom
+
+    native = _native()
+    assert dicom.sniff(legacy_dicom(native)) and dicom.sniff(_no_preamble(native))
+    # Not DICOM: random bytes, text, another image, a group-0008 start without a second
+    # element, tags out of order, an odd length.
+    rng = np.random.default_rng(0)
+    for data in [rng.bytes(4000), b"08,00 hello\n" * 20, b"\xff\xd8\xff" + rng.bytes(99),
+                 b"\x08\x00\x05\x00\x0a\x00\x00\x00ISO_IR 100",
+                 b"\x08\x00\x16\x00\x02\x00\x00\x00ab\x08\x00\x05\x00\x02\x00\x00\x00cd",
+                 b"\x08\x00\x05\x00\x03\x00\x00\x00abc\x08\x00\x16\x00\x02\x00\x00\x00ab"]:
+        assert not dicom.sniff(data), data[:20]
+
+
+def test_legacy_dicom_is_scanned_and_ingested(jpeg_bytes, tmp_path) -> None:
+    src = tmp_path / "src" / "A"
+    src.mkdir(parents=True)
+    native = _native(patient_id="P3")
+    (src / "legacy.dcm").write_bytes(legacy_dicom(native))
+    (src / "IM00001").write_bytes(legacy_dicom(native))  # no extension, as archives name them
+    (src / "1.2.840.113619.2.55.3.7").write_bytes(_no_preamble(native))
+    (src / "notes").write_bytes(b"\x08\x00 not a DICOM file, no extension\n")
+    (src / "part10.dcm").write_bytes(native)
+    images, manifest = _ingest(tmp_path / "src", tmp_path / "x.zarr", decode_mode="exact")
+    assert manifest.status.to_dict() == {f"A/{n}": "ok" for n in (
+        "1.2.840.113619.2.55.3.7", "IM00001", "legacy.dcm", "part10.dcm")}
+    rows = [manifest.index.get_loc(p) for p in manifest.index]
+    for row in rows:
+        np.testing.assert_array_equal(images[row], images[manifest.index.get_loc("A/part10.dcm")])
+    assert set(manifest.dicom_patient_id) == {"P3"} and set(manifest.orig_format) == {"dicom"}

@@ -116,6 +116,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # FIFO, /dev/zero, socket...
                 raise ImageError("unreadable", f"not a regular file: {path}")
             return f.read()
+    except ValueError:  # a NUL byte in the name (a table cell): no such file can exist
+        raise ImageError("missing", f"file not found (the name holds a NUL byte): "
+                         f"{os.fspath(path)!r}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise ImageError("symlink_loop", f"symbolic link loop: {path}") from None

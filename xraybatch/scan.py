@@ -111,13 +111,14 @@ def read_label_csv(path: str | os.PathLike) -> dict[str, str]:
 
 
 def _is_dicom(path: Path) -> bool:
-    """An extension-less (or UID-named, ``1.2.840...3``) file with the DICOM preamble."""
+    """An extension-less (or UID-named, ``1.2.840...3``) file with the DICOM preamble, or a
+    legacy data set without it (recognised by its first data elements)."""
     suffix = path.suffix[1:]
     if suffix and not suffix.isdigit():
         return False
     try:
         with open(path, "rb") as f:
-            return dicom.sniff(f.read(132))
+            return dicom.sniff(f.read(dicom.SNIFF_BYTES))
     except OSError:
         return False
 

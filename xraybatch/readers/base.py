@@ -20,7 +20,8 @@ class ImageError(Exception):
     """A file that cannot be stored; ``code`` is one of :data:`xraybatch.decode.REASONS`."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
+        # One printable line whatever a damaged file's text holds (a log, the CLI's error).
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
         self.code = code
 
 

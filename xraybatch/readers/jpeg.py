@@ -13,6 +13,7 @@ confirmed on a full decode (rare: only files whose last reduced block is exactly
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import replace
 
@@ -27,6 +28,13 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
             4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+# Markers without a segment (TEM, RSTn, SOI) where a header segment is expected.
+_NOT_A_SEGMENT = frozenset({0x01, *range(0xD0, 0xD9)})
+# A marker in scan data: 0xFF, then neither byte stuffing (00), a fill byte, nor RSTn.
+_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")
+# Marker segments libjpeg reads between the scans of a progressive or multi-scan JPEG: TEM,
+# DHT, DAC, SOS, DQT, DNL, DRI, APPn, COM (any other marker before EOI stops it with an error).
+_BETWEEN_SCANS = frozenset({0x01, 0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, *range(0xE0, 0xF0), 0xFE})
 _GREY_FILL = 128  # libjpeg's output for a block whose coefficients are all zero
 _MIN_TELLING_BLOCK = 4  # a reduced block smaller than this is confirmed at full size
 
@@ -65,6 +73,9 @@ def header(data: bytes) -> Header:
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
+        if marker in _NOT_A_SEGMENT:  # libjpeg skips TEM's junk with a warning, Pillow refuses
+            raise ImageError("corrupt", f"JPEG marker 0x{marker:02x} at byte {pos}, where a "
+                             "marker segment is expected")
         (length,) = struct.unpack_from(">H", data, pos + 2)
         if length < 2:
             raise ImageError("corrupt", f"JPEG segment length {length} at byte {pos}")
@@ -79,12 +90,46 @@ def header(data: bytes) -> Header:
             if frame.height == 0 or frame.width == 0 or frame.channels not in (1, 3, 4):
                 raise ImageError("corrupt", f"JPEG frame header declares "
                                  f"{frame.width}x{frame.height}x{frame.channels}")
-            if data.rfind(b"\xff\xd9", pos) == -1:
-                raise ImageError("truncated", "JPEG ends before its end-of-image marker")
+            _check_scan(data, pos, frame)
             # OpenCV applies the Exif orientation: report the size of what it decodes.
             return replace(frame, height=frame.width, width=frame.height) if transposed else frame
         pos += 2 + length
     raise ImageError("truncated" if frame else "corrupt", "JPEG header ends before scan data")
+
+
+def _check_scan(data: bytes, sos: int, frame: Header) -> None:
+    """The policy for what follows the first scan header, for ``.jpeg`` files and the JPEG
+    frames of DICOM alike (one pass over the scan data, marker to marker).
+
+    A stream that ends before its end-of-image marker is ``truncated`` (libjpeg would fill the
+    rest grey without an error), also when another image's SOI follows the cut (an exporter
+    that stored a cut stream and then the image again). Before that marker, libjpeg stops
+    with an error (which OpenCV does not pass on, and for which Pillow refuses the file) at a
+    marker it does not know, a second frame header, more scans than components in a
+    sequential JPEG, and, when the first scan holds every component of a sequential JPEG, at
+    anything but restart markers: such files are ``corrupt``.
+    """
+    only_scan = not frame.progressive and sos + 4 < len(data) and data[sos + 4] >= frame.channels
+    pos, scans = sos, 0
+    while True:  # pos: a marker segment (the scan header first), then its entropy data
+        if data[pos + 1] == 0xDA:
+            scans += 1
+            if not frame.progressive and scans > frame.channels:
+                raise ImageError("corrupt", f"sequential JPEG with {scans} scans for "
+                                 f"{frame.channels} components, which libjpeg refuses")
+        pos += 2 if data[pos + 1] == 0x01 else 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        found = _MARKER.search(data, pos)
+        if found is None:
+            raise ImageError("truncated", "JPEG ends before its end-of-image marker")
+        pos, code = found.start(), data[found.start() + 1]
+        if code == 0xD9:
+            return
+        if code == 0xD8:
+            raise ImageError("truncated", f"JPEG ends before its end-of-image marker: another "
+                             f"image starts at byte {pos}")
+        if only_scan or code not in _BETWEEN_SCANS:
+            raise ImageError("corrupt", f"JPEG scan data holds marker 0x{code:02x} at byte "
+                             f"{pos}, where libjpeg stops with an error")
 
 
 def dct_scale(header: Header, size: int) -> int:
