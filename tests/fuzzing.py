@@ -922,7 +922,7 @@ def table_root(root: Path) -> Path:
     return root
 
 
-def _path_cell(ch: Chooser, root: Path, climbing: bool) -> Any:
+def _path_cell(ch: Chooser, root: Path) -> Any:
     import unicodedata
 
     name = pick(ch, TABLE_FILES)
@@ -932,9 +932,7 @@ def _path_cell(ch: Chooser, root: Path, climbing: bool) -> Any:
                "s3://bucket/" + name, "", None, 42, 3.5, "x" * 300, name + "\x00",
                name + "\n", "\t", "sub/", ".", "..." + name, "~/" + name,
                "file://" + str(root / name), "no_such.png", name.encode("utf-8"),
-               "x://" + name, "sub/s3://" + name, "C:\\" + name]
-    if climbing:
-        options += list(CLIMBING) * 4
+               "x://" + name, "sub/s3://" + name, "C:\\" + name, *list(CLIMBING) * 4]
     return pick(ch, options)
 
 
@@ -949,16 +947,15 @@ def _split_cell(ch: Chooser) -> Any:
                      "training", 1, "train\n", "dev"])
 
 
-def table_case(fmt: str, root: Path, ch: Chooser, known_bugs: bool = False
-               ) -> tuple[Path, dict[str, Any]]:
+def table_case(fmt: str, root: Path, ch: Chooser) -> tuple[Path, dict[str, Any]]:
     """Write one fuzzed table (CSV or Parquet) next to ``root``; return it and the column
-    mapping to scan it with. ``known_bugs`` adds the inputs of the two table failures of
-    issue 18 fixed on branch i18-lock (paths climbing out of the root, a Parquet index that
-    repeats, as ``pd.concat([train, valid])`` writes it)."""
+    mapping to scan it with. Its cells include the inputs of the two table failures of
+    issue 18 (paths climbing out of the root, a Parquet index that repeats, as
+    ``pd.concat([train, valid])`` writes it)."""
     import pandas as pd
 
     n = 1 + ch.below(8)
-    frame = pd.DataFrame({"path": [_path_cell(ch, root, known_bugs) for _ in range(n)],
+    frame = pd.DataFrame({"path": [_path_cell(ch, root) for _ in range(n)],
                           "label": [_label_cell(ch) for _ in range(n)],
                           "split": [_split_cell(ch) for _ in range(n)],
                           "patient": [pick(ch, ["p1", "", None, 7, "p\u00e9"]) for _ in
@@ -977,13 +974,13 @@ def table_case(fmt: str, root: Path, ch: Chooser, known_bugs: bool = False
     suffix = ".parquet" if fmt == "parquet" else pick(ch, [".csv", ".csv", ".tsv", ".csv.gz"])
     table = root.parent / f"table{suffix}"
     if fmt == "parquet":
-        _write_parquet(frame, table, ch, known_bugs)
+        _write_parquet(frame, table, ch)
     else:
         _write_csv(frame, table, ch)
     return table, columns
 
 
-def _write_parquet(frame: Any, table: Path, ch: Chooser, known_bugs: bool) -> None:
+def _write_parquet(frame: Any, table: Path, ch: Chooser) -> None:
     import pandas as pd
 
     what = ch.below(6)
@@ -993,7 +990,7 @@ def _write_parquet(frame: Any, table: Path, ch: Chooser, known_bugs: bool) -> No
         frame = frame.astype({c: "category" for c in frame.columns if ch.below(2)})
     else:
         frame = frame.astype(str).where(frame.notna(), None)
-    if known_bugs and ch.below(3) == 0:
+    if ch.below(3) == 0:
         frame = pd.concat([frame, frame.iloc[:1 + ch.below(len(frame))]])
     elif ch.below(4) == 0:
         frame.index = pick(ch, [pd.RangeIndex(5, 5 + len(frame)),
@@ -1081,10 +1078,8 @@ def _case_rng_seed(seed: int, fmt: str, index: int) -> str:
 class CaseMaker:
     """Builds and checks cases by (format, index): what a worker process runs."""
 
-    def __init__(self, workdir: Path, seed: int = 0, reference: bool = True,
-                 known_bugs: bool = False) -> None:
+    def __init__(self, workdir: Path, seed: int = 0, reference: bool = True) -> None:
         self.workdir, self.seed, self.reference = workdir, seed, reference
-        self.known_bugs = known_bugs
         self.seeds = {fmt: make() for fmt, make in SEEDS.items()}
         self.root = table_root(workdir / "tables" / "root")
 
@@ -1099,21 +1094,21 @@ class CaseMaker:
             out = check_image(fmt, data, self.workdir / f"case.{fmt}", self.reference)
         else:
             ch = RandomChooser(_case_rng_seed(self.seed, fmt, index))
-            table, columns = table_case(fmt, self.root, ch, self.known_bugs)
+            table, columns = table_case(fmt, self.root, ch)
             out = check_table(fmt, table, self.root, columns)
         out.case, out.seconds = index, time.perf_counter() - t0
         out.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return out
 
 
-def _serve(conn: Any, workdir: str, seed: int, reference: bool, known_bugs: bool) -> None:
+def _serve(conn: Any, workdir: str, seed: int, reference: bool) -> None:
     import warnings
 
     import cv2
 
     warnings.simplefilter("ignore")  # pydicom and Pillow warn about every damaged file
     cv2.setNumThreads(1)
-    maker = CaseMaker(Path(workdir), seed, reference, known_bugs)
+    maker = CaseMaker(Path(workdir), seed, reference)
     conn.send("ready")
     while True:
         request = conn.recv()
@@ -1131,10 +1126,8 @@ class Runner:
     """Cases in one worker process, each bounded by ``timeout`` seconds (a hang kills and
     replaces the worker and is recorded as a problem; so is a crash)."""
 
-    def __init__(self, seed: int = 0, timeout: float = 20.0, reference: bool = True,
-                 known_bugs: bool = False) -> None:
+    def __init__(self, seed: int = 0, timeout: float = 20.0, reference: bool = True) -> None:
         self.seed, self.timeout, self.reference = seed, timeout, reference
-        self.known_bugs = known_bugs
         # Every case is written to a file and read back: on tmpfs when there is one (/tmp on
         # a virtual disk costs more than the decoding of a small case).
         shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
@@ -1153,8 +1146,8 @@ class Runner:
     def _start(self) -> None:
         parent, child = self._context.Pipe()
         self._proc = self._context.Process(
-            target=_serve, args=(child, self._tmp.name, self.seed, self.reference,
-                                 self.known_bugs), daemon=True)
+            target=_serve, args=(child, self._tmp.name, self.seed, self.reference),
+            daemon=True)
         self._proc.start()
         child.close()
         try:

@@ -336,24 +336,19 @@ def test_nul_byte_in_a_table_path_is_missing(tmp_path) -> None:
     assert image is None and record.status == "missing" and "NUL" in record.message
 
 
-# --- table failures fixed on branch i18-lock (issue 18): xfail until merged --------------------
-
-_I18_LOCK = ("issue 18, table path owned by branch i18-lock: a Parquet index that repeats "
-             "(pd.concat) and relative paths climbing out of the root")
+# --- table failures of issue 18 (repeated Parquet index, paths climbing out, empty cells) ----
 
 
-@pytest.mark.xfail(reason=_I18_LOCK, strict=False)
-def test_table_known_bug_classes(tmp_path) -> None:
+def test_table_cells_of_the_issue_18_failures(tmp_path) -> None:
     """Tables with cells climbing out of the root and Parquet indexes that repeat (in this
     process: the table path does not hang)."""
-    maker = CaseMaker(tmp_path, seed=1, reference=False, known_bugs=True)
+    maker = CaseMaker(tmp_path, seed=1, reference=False)
     failures = [out for fmt, index in schedule(24, ("csv", "parquet"))
                 if (out := maker.run(fmt, index)).problems]
     assert not failures, _explain(failures)
 
 
-@pytest.mark.xfail(reason=_I18_LOCK, strict=False)
-def test_table_minimal_known_bugs(tmp_path) -> None:
+def test_table_of_the_issue_18_failures_minimal(tmp_path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     (root / "a.png").write_bytes(zlib.compress(b""))  # the bytes do not matter here
@@ -366,9 +361,6 @@ def test_table_minimal_known_bugs(tmp_path) -> None:
     assert set(found.skipped.reason) == {"outside_root", "duplicate_row"}
 
 
-@pytest.mark.xfail(reason="table path (branch i18-lock owns sources/tables.py): an empty path "
-                   "cell becomes a manifest row naming the root folder itself, reported as "
-                   "'unreadable: Is a directory' instead of a skipped row", strict=False)
 def test_table_empty_path_cell_is_skipped(tmp_path) -> None:
     """Found by the fuzzer (a CSV path cell left empty)."""
     (tmp_path / "a.png").write_bytes(b"x")
