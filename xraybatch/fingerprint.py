@@ -1,0 +1,275 @@
+"""Content fingerprints of one stored image: pure per-image functions (no Dask, no store).
+
+Every chest film has the same layout, so two different patients' raw thumbnails correlate
+at ~0.96 on the real Kermany sample, more than a copy of one film shifted by 4 % correlates
+with its original (0.76). A fingerprint therefore removes what films share before anything
+is compared (benchmarks/README.md, "Near-duplicates", has the measurements):
+
+1. **Equalised thumbnail** (``THUMB`` x ``THUMB`` uint8, stored as ``fp_thumb``): the stored
+   image shrunk with INTER_AREA, its grey levels mapped through the image's own cumulative
+   histogram. Any monotone change of brightness, contrast or gamma maps to (almost) the same
+   thumbnail; JPEG re-encoding, noise, downscaling and PNG conversion vanish in the shrink.
+2. **Local contrast normalisation** of the thumbnail (subtract a Gaussian-blurred copy,
+   divide by the local spread): the shared layout of a chest film (bright mediastinum, dark
+   lungs) is removed and the patient's own structure (ribs, vessels, devices) is left.
+3. **Several 64-bit SimHash codes** (stored as ``fp_hash``), one per descriptor, each robust
+   to a different alteration: the magnitude of the Fourier transform of the normalised
+   thumbnail (shifts), the normalised thumbnail re-centred on its centre of mass (shifts and
+   crops), and the normalised thumbnail itself (everything but geometry). Search uses them
+   to find candidate pairs (:mod:`xraybatch.dups`); nothing is decided on them alone.
+
+The decision is taken by :func:`align_score`: the two thumbnails are aligned over small
+rotations, scales and translations and compared by normalised
+correlation of their local-contrast images.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+
+#: Side of the stored thumbnail.
+THUMB = 32
+#: SimHash codes per image (one per descriptor of :func:`descriptors`), 64 bits each.
+N_CODES = 3
+#: Bumped whenever any number above changes: fingerprints of different versions never meet.
+VERSION = 1
+#: Local contrast normalisation scale (pixels of the thumbnail) for hashing and scoring.
+_HASH_SIGMA = 2.0
+_SCORE_SIGMA = 1.0
+#: Frequencies (radius, in cycles per thumbnail) of the Fourier-magnitude descriptor.
+_FFT_RADIUS = 6
+_CENTRED = 16  # side of the re-centred descriptor
+_PLAIN = 16  # side of the plain descriptor
+#: Alignment grid of :func:`align_score`: degrees x scales (then every shift up to _BORDER).
+ANGLES = (-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5)
+SCALES = (0.94, 0.97, 1.0, 1.03, 1.06)
+_BORDER = 4  # thumbnail pixels left out of the score; also the largest shift tried
+
+
+def equalized_thumbnail(image: np.ndarray, hist: np.ndarray | None = None) -> np.ndarray:
+    """The stored image as a ``THUMB`` x ``THUMB`` thumbnail equalised by its own histogram.
+
+    ``hist`` (the image's 256-bin histogram, which the chunk task already has) saves
+    counting it again. Each grey level maps to the middle of its rank interval, so the
+    thumbnail of any strictly monotone change of the pixel values is the same.
+
+    Examples
+    --------
+    >>> image = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    >>> t = equalized_thumbnail(image)
+    >>> t.shape, t.dtype, bool((t == equalized_thumbnail((image // 2 + 10).astype(np.uint8))).all())
+    ((32, 32), dtype('uint8'), True)
+    """
+    if hist is None:
+        hist = np.bincount(image.ravel(), minlength=256)
+    hist = np.asarray(hist, np.float64)
+    cum = np.cumsum(hist)
+    lut = np.round((cum - hist / 2) / max(cum[-1], 1.0) * 255).astype(np.uint8)
+    small = cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    return cv2.LUT(small, lut)
+
+
+def local_contrast(thumb: np.ndarray, sigma: float) -> np.ndarray:
+    """Local contrast normalisation: (x - blur(x)) / sqrt(blur((x - blur(x))^2)), float32.
+
+    Examples
+    --------
+    >>> flat = local_contrast(np.full((32, 32), 100, np.uint8), 2.0)
+    >>> float(np.abs(flat).max())
+    0.0
+    """
+    x = thumb.astype(np.float32) / 255
+    high = x - cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    spread = np.sqrt(cv2.GaussianBlur(high * high, (0, 0), sigma,
+                                      borderType=cv2.BORDER_REFLECT))
+    return high / (spread + 1e-2)
+
+
+def _fft_mask() -> np.ndarray:
+    fy = np.fft.fftfreq(THUMB) * THUMB
+    radius = np.hypot(fy[:, None], np.arange(THUMB // 2 + 1)[None, :])
+    return (radius > 0) & (radius <= _FFT_RADIUS)
+
+
+_MASK = _fft_mask()
+_HANN = np.outer(np.hanning(THUMB), np.hanning(THUMB)).astype(np.float32)
+
+
+def _centred(contrast: np.ndarray, thumb: np.ndarray) -> np.ndarray:
+    """The contrast image moved so that the thumbnail's centre of mass is in the middle."""
+    weight = (thumb.astype(np.float32) / 255) ** 2  # the body, not the background
+    m = cv2.moments(weight)
+    cx, cy = (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] > 0 else (THUMB / 2,) * 2
+    s = _CENTRED / THUMB
+    move = np.float32([[s, 0, _CENTRED / 2 - s * cx], [0, s, _CENTRED / 2 - s * cy]])
+    blurred = cv2.GaussianBlur(contrast, (0, 0), 1.0)  # anti-alias before the shrink
+    return cv2.warpAffine(blurred, move, (_CENTRED, _CENTRED), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT)
+
+
+def descriptors(thumb: np.ndarray) -> list[np.ndarray]:
+    """The ``N_CODES`` float descriptors of an equalised thumbnail (each zero-mean, unit norm).
+
+    Examples
+    --------
+    >>> [d.shape for d in descriptors(np.zeros((32, 32), np.uint8))]
+    [(84,), (256,), (256,)]
+    """
+    contrast = local_contrast(thumb, _HASH_SIGMA)
+    spectrum = cv2.dft(contrast * _HANN, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :THUMB // 2 + 1]
+    magnitude = np.log1p(cv2.magnitude(spectrum[..., 0], spectrum[..., 1])[_MASK])
+    plain = cv2.resize(contrast, (_PLAIN, _PLAIN), interpolation=cv2.INTER_AREA)
+    out = []
+    for d in (magnitude, _centred(contrast, thumb).ravel(), plain.ravel()):
+        d = d - d.mean()
+        out.append(d / (np.sqrt(d @ d) + 1e-9))
+    return out
+
+
+def _planes() -> list[np.ndarray]:
+    rng = np.random.default_rng(19_0001)
+    sizes = [int(_MASK.sum()), _CENTRED * _CENTRED, _PLAIN * _PLAIN]
+    return [rng.standard_normal((64, n)).astype(np.float32) for n in sizes]
+
+
+_PLANES = _planes()
+_BITS = (np.uint64(1) << np.arange(64, dtype=np.uint64))
+#: All codes in one product: the planes of descriptor k fill rows 64k..64k+63 of a
+#: block-diagonal matrix.
+_ALL_PLANES = np.zeros((64 * N_CODES, sum(p.shape[1] for p in _PLANES)), np.float32)
+for _k, _offset in enumerate(np.cumsum([0] + [p.shape[1] for p in _PLANES])[:-1]):
+    _ALL_PLANES[64 * _k:64 * (_k + 1), _offset:_offset + _PLANES[_k].shape[1]] = _PLANES[_k]
+
+
+def simhash(vector: np.ndarray, planes: np.ndarray) -> np.uint64:
+    """Charikar's SimHash: bit k is set when the vector is on the positive side of plane k.
+
+    Two vectors at angle theta differ in a fraction theta/pi of their bits.
+
+    Examples
+    --------
+    >>> planes = np.eye(64, 64, dtype=np.float32)
+    >>> int(simhash(np.r_[1.0, -1.0, 1.0, np.zeros(61)].astype(np.float32), planes))
+    5
+    """
+    bits = (planes @ vector) > 0
+    return np.bitwise_or.reduce(_BITS[bits]) if bits.any() else np.uint64(0)
+
+
+def hashes(thumb: np.ndarray) -> np.ndarray:
+    """(N_CODES,) uint64 SimHash codes of an equalised thumbnail (:func:`simhash` of each
+    descriptor with its own 64 planes, in one product).
+
+    Examples
+    --------
+    >>> t = equalized_thumbnail(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8))
+    >>> codes = [simhash(d, p) for d, p in zip(descriptors(t), _PLANES)]
+    >>> bool((hashes(t) == np.array(codes, np.uint64)).all())
+    True
+    """
+    bits = (_ALL_PLANES @ np.concatenate(descriptors(thumb))) > 0
+    return np.packbits(bits, bitorder="little").view("<u8").astype(np.uint64)
+
+
+def fingerprint(image: np.ndarray, hist: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The fingerprint arrays of one stored image: ``fp_thumb`` and ``fp_hash``.
+
+    Examples
+    --------
+    >>> from xraybatch.phantom import synth_image
+    >>> fp = fingerprint(synth_image(np.random.default_rng(0), 256, 256, "NORMAL"))
+    >>> fp["fp_thumb"].shape, fp["fp_hash"].shape, fp["fp_hash"].dtype
+    ((32, 32), (3,), dtype('uint64'))
+    """
+    thumb = equalized_thumbnail(image, hist)
+    return {"fp_thumb": thumb, "fp_hash": hashes(thumb)}
+
+
+def fingerprints(images: np.ndarray, hist: np.ndarray, valid: np.ndarray
+                 ) -> dict[str, np.ndarray]:
+    """:func:`fingerprint` of each valid image of a chunk, zeros for the others."""
+    n = len(images)
+    out = {"fp_thumb": np.zeros((n, THUMB, THUMB), np.uint8),
+           "fp_hash": np.zeros((n, N_CODES), np.uint64)}
+    for i in np.flatnonzero(valid):
+        for name, value in fingerprint(images[i], hist[i]).items():
+            out[name][i] = value
+    return out
+
+
+# --- comparing two fingerprints --------------------------------------------------------------
+
+
+def _warps(angles: tuple[float, ...], scales: tuple[float, ...]) -> np.ndarray:
+    centre = (THUMB / 2 - 0.5, THUMB / 2 - 0.5)
+    return np.array([cv2.getRotationMatrix2D(centre, a, s)
+                     for a, s in itertools.product(angles, scales)], np.float32)
+
+
+_WARPS = _warps(ANGLES, SCALES)
+_IDENTITY = _warps((0.0,), (1.0,))
+_COARSE = _warps((-3.0, 0.0, 3.0), (0.97, 1.0, 1.03))
+#: Cascade of :func:`align_scores`: accept without warping at _SURE; stop after the coarse
+#: grid below _HOPELESS.
+_SURE = 0.9
+_HOPELESS = 0.5
+_INNER = slice(_BORDER, THUMB - _BORDER)
+
+
+def align_score(a: np.ndarray, b: np.ndarray) -> float:
+    """Similarity of two equalised thumbnails after aligning ``b`` on ``a`` (-1 to 1).
+
+    ``b``'s local-contrast image is warped by every rotation of ``ANGLES`` and scale of
+    ``SCALES``, each warp shifted by up to ``_BORDER`` pixels, and scored by normalised
+    correlation with ``a``'s inside a window that leaves out its border of ``_BORDER``
+    pixels (which warps and shifts fill). The score is the best over the grid.
+
+    Examples
+    --------
+    >>> from xraybatch.phantom import synth_image
+    >>> image = synth_image(np.random.default_rng(0), 256, 256, "NORMAL")
+    >>> t = equalized_thumbnail(image)
+    >>> round(align_score(t, t), 3)
+    1.0
+    >>> moved = equalized_thumbnail(np.roll(image, 6, axis=1))
+    >>> align_score(t, moved) > 0.9
+    True
+    """
+    return float(align_scores(a[None], b[None])[0])
+
+
+def align_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`align_score` of each pair of rows of ``a`` and ``b`` ((P, THUMB, THUMB) uint8).
+
+    OpenCV's ``matchTemplate`` (``TM_CCOEFF_NORMED``) gives the normalised correlation of
+    ``a``'s window with a warp of ``b`` at every shift of up to ``_BORDER`` pixels at once.
+    The grid is searched in three stages, each only when the last leaves the pair in doubt:
+    no warp (a copy altered only in its pixel values scores ``_SURE`` or more there), a
+    coarse grid (a pair below ``_HOPELESS`` there is no copy: the lowest planted copy scored
+    0.66 on it), then the whole grid.
+    """
+    out = np.empty(len(a))
+    for p, (ta, tb) in enumerate(zip(a, b, strict=True)):
+        template = np.ascontiguousarray(local_contrast(ta, _SCORE_SIGMA)[_INNER, _INNER])
+        cb = local_contrast(tb, _SCORE_SIGMA)
+        best = _best(template, cb, _IDENTITY)
+        if best < _SURE:
+            best = max(best, _best(template, cb, _COARSE))
+            if best >= _HOPELESS:
+                best = max(best, _best(template, cb, _WARPS))
+        out[p] = best
+    return out
+
+
+def _best(template: np.ndarray, contrast: np.ndarray, warps: np.ndarray) -> float:
+    """Best normalised correlation of ``template`` with any shift of any warp of ``contrast``."""
+    best = -1.0
+    for m in warps:
+        warped = cv2.warpAffine(contrast, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REFLECT)
+        best = max(best, float(cv2.matchTemplate(warped, template,
+                                                 cv2.TM_CCOEFF_NORMED).max()))
+    return best
