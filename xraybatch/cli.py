@@ -241,7 +241,7 @@ def _add_dups_parser(sub: Any, fmt: type) -> None:
     d.add_argument("stores", nargs="+", metavar="STORE", help="stores written by xraybatch ingest")
     d.add_argument("--threshold", type=float, default=None,
                    help="lowest score reported, 0.5-1; lower finds more altered copies and more "
-                        "false pairs (default: 0.70, chosen on real chest X-rays)")
+                        "false pairs (default: 0.65, chosen on real chest X-rays)")
     d.add_argument("--json", action="store_true",
                    help="print JSON: pairs, cross_split, groups (and stores)")
     d.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",

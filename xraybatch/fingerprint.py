@@ -12,15 +12,20 @@ is compared (benchmarks/README.md, "Near-duplicates", has the measurements):
 2. **Local contrast normalisation** of the thumbnail (subtract a Gaussian-blurred copy,
    divide by the local spread): the shared layout of a chest film (bright mediastinum, dark
    lungs) is removed and the patient's own structure (ribs, vessels, devices) is left.
-3. **Several 64-bit SimHash codes** (stored as ``fp_hash``), one per descriptor, each robust
-   to a different alteration: the magnitude of the Fourier transform of the normalised
-   thumbnail (shifts), the normalised thumbnail re-centred on its centre of mass (shifts and
+3. **Several 64-bit SimHash codes** (stored as ``fp_hash``), one per descriptor of the
+   thumbnail shrunk to ``HASH_SIDE``, each robust to a different alteration: the magnitude
+   of the Fourier transform of the normalised thumbnail (shifts), the normalised thumbnail re-centred on its centre of mass (shifts and
    crops), and the normalised thumbnail itself (everything but geometry). Search uses them
    to find candidate pairs (:mod:`xraybatch.dups`); nothing is decided on them alone.
 
 The decision is taken by :func:`align_score`: the two thumbnails are aligned over small
-rotations, scales and translations and compared by normalised
-correlation of their local-contrast images.
+rotations (of films of two aspect ratios, as a rotation looks after the stretch to a
+square), scales and translations, and compared by the normalised correlation of their
+local-contrast images.
+
+Measured on the real Kermany sample with 90 planted copies (nine kinds of alteration): the
+lowest copy scored 0.72 (a 3-degree rotation), the highest of 2,000 candidate pairs of
+different films 0.58; with 32 x 32 thumbnails the two overlapped (0.68 and 0.69).
 """
 
 from __future__ import annotations
@@ -31,14 +36,16 @@ import cv2
 import numpy as np
 
 #: Side of the stored thumbnail.
-THUMB = 32
+THUMB = 64
+#: Side of the thumbnail that hashing works on (the stored one, shrunk).
+HASH_SIDE = 32
 #: SimHash codes per image (one per descriptor of :func:`descriptors`), 64 bits each.
 N_CODES = 3
 #: Bumped whenever any number above changes: fingerprints of different versions never meet.
 VERSION = 1
 #: Local contrast normalisation scale (pixels of the thumbnail) for hashing and scoring.
 _HASH_SIGMA = 2.0
-_SCORE_SIGMA = 1.0
+_SCORE_SIGMA = 2.0
 #: Frequencies (radius, in cycles per thumbnail) of the Fourier-magnitude descriptor.
 _FFT_RADIUS = 6
 _CENTRED = 16  # side of the re-centred descriptor
@@ -46,22 +53,25 @@ _PLAIN = 16  # side of the plain descriptor
 #: Alignment grid of :func:`align_score`: degrees x scales (then every shift up to _BORDER).
 ANGLES = (-4.5, -3.0, -1.5, 0.0, 1.5, 3.0, 4.5)
 SCALES = (0.94, 0.97, 1.0, 1.03, 1.06)
-_BORDER = 4  # thumbnail pixels left out of the score; also the largest shift tried
+_BORDER = 8  # thumbnail pixels left out of the score; also the largest shift tried
 
 
 def equalized_thumbnail(image: np.ndarray, hist: np.ndarray | None = None) -> np.ndarray:
     """The stored image as a ``THUMB`` x ``THUMB`` thumbnail equalised by its own histogram.
 
     ``hist`` (the image's 256-bin histogram, which the chunk task already has) saves
-    counting it again. Each grey level maps to the middle of its rank interval, so the
-    thumbnail of any strictly monotone change of the pixel values is the same.
+    counting it again. Each grey level of the shrunk image maps to the middle of its rank
+    interval among the stored pixels, so a monotone change of the pixel values (brightness,
+    contrast, gamma) changes the thumbnail by a grey level or two (the shrink averages
+    before the mapping).
 
     Examples
     --------
-    >>> image = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    >>> image = np.tile(np.arange(128, dtype=np.uint8), (256, 2))
     >>> t = equalized_thumbnail(image)
-    >>> t.shape, t.dtype, bool((t == equalized_thumbnail((image // 2 + 10).astype(np.uint8))).all())
-    ((32, 32), dtype('uint8'), True)
+    >>> gamma = (255 * (image / 255) ** 0.7).round().astype(np.uint8)
+    >>> t.shape, t.dtype, int(np.abs(t.astype(int) - equalized_thumbnail(gamma)).max())
+    ((64, 64), dtype('uint8'), 2)
     """
     if hist is None:
         hist = np.bincount(image.ravel(), minlength=256)
@@ -77,8 +87,8 @@ def local_contrast(thumb: np.ndarray, sigma: float) -> np.ndarray:
 
     Examples
     --------
-    >>> flat = local_contrast(np.full((32, 32), 100, np.uint8), 2.0)
-    >>> float(np.abs(flat).max())
+    >>> flat = local_contrast(np.full((64, 64), 100, np.uint8), 2.0)
+    >>> round(float(np.abs(flat).max()), 4)
     0.0
     """
     x = thumb.astype(np.float32) / 255
@@ -89,21 +99,21 @@ def local_contrast(thumb: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _fft_mask() -> np.ndarray:
-    fy = np.fft.fftfreq(THUMB) * THUMB
-    radius = np.hypot(fy[:, None], np.arange(THUMB // 2 + 1)[None, :])
+    fy = np.fft.fftfreq(HASH_SIDE) * HASH_SIDE
+    radius = np.hypot(fy[:, None], np.arange(HASH_SIDE // 2 + 1)[None, :])
     return (radius > 0) & (radius <= _FFT_RADIUS)
 
 
 _MASK = _fft_mask()
-_HANN = np.outer(np.hanning(THUMB), np.hanning(THUMB)).astype(np.float32)
+_HANN = np.outer(np.hanning(HASH_SIDE), np.hanning(HASH_SIDE)).astype(np.float32)
 
 
 def _centred(contrast: np.ndarray, thumb: np.ndarray) -> np.ndarray:
     """The contrast image moved so that the thumbnail's centre of mass is in the middle."""
     weight = (thumb.astype(np.float32) / 255) ** 2  # the body, not the background
     m = cv2.moments(weight)
-    cx, cy = (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] > 0 else (THUMB / 2,) * 2
-    s = _CENTRED / THUMB
+    cx, cy = (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] > 0 else (HASH_SIDE / 2,) * 2
+    s = _CENTRED / HASH_SIDE
     move = np.float32([[s, 0, _CENTRED / 2 - s * cx], [0, s, _CENTRED / 2 - s * cy]])
     blurred = cv2.GaussianBlur(contrast, (0, 0), 1.0)  # anti-alias before the shrink
     return cv2.warpAffine(blurred, move, (_CENTRED, _CENTRED), flags=cv2.INTER_LINEAR,
@@ -115,11 +125,12 @@ def descriptors(thumb: np.ndarray) -> list[np.ndarray]:
 
     Examples
     --------
-    >>> [d.shape for d in descriptors(np.zeros((32, 32), np.uint8))]
-    [(84,), (256,), (256,)]
+    >>> [d.shape for d in descriptors(np.zeros((64, 64), np.uint8))]
+    [(62,), (256,), (256,)]
     """
+    thumb = cv2.resize(thumb, (HASH_SIDE, HASH_SIDE), interpolation=cv2.INTER_AREA)
     contrast = local_contrast(thumb, _HASH_SIGMA)
-    spectrum = cv2.dft(contrast * _HANN, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :THUMB // 2 + 1]
+    spectrum = cv2.dft(contrast * _HANN, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :HASH_SIDE // 2 + 1]
     magnitude = np.log1p(cv2.magnitude(spectrum[..., 0], spectrum[..., 1])[_MASK])
     plain = cv2.resize(contrast, (_PLAIN, _PLAIN), interpolation=cv2.INTER_AREA)
     out = []
@@ -182,7 +193,7 @@ def fingerprint(image: np.ndarray, hist: np.ndarray | None = None) -> dict[str, 
     >>> from xraybatch.phantom import synth_image
     >>> fp = fingerprint(synth_image(np.random.default_rng(0), 256, 256, "NORMAL"))
     >>> fp["fp_thumb"].shape, fp["fp_hash"].shape, fp["fp_hash"].dtype
-    ((32, 32), (3,), dtype('uint64'))
+    ((64, 64), (3,), dtype('uint64'))
     """
     thumb = equalized_thumbnail(image, hist)
     return {"fp_thumb": thumb, "fp_hash": hashes(thumb)}
@@ -203,15 +214,26 @@ def fingerprints(images: np.ndarray, hist: np.ndarray, valid: np.ndarray
 # --- comparing two fingerprints --------------------------------------------------------------
 
 
-def _warps(angles: tuple[float, ...], scales: tuple[float, ...]) -> np.ndarray:
-    centre = (THUMB / 2 - 0.5, THUMB / 2 - 0.5)
-    return np.array([cv2.getRotationMatrix2D(centre, a, s)
-                     for a, s in itertools.product(angles, scales)], np.float32)
+def _warps(angles: tuple[float, ...], scales: tuple[float, ...],
+           aspects: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """Affine maps about the centre: a rotation by each angle of a film whose width/height
+    was each aspect, seen after the stretch to a square (S R S^-1), times each scale."""
+    c = THUMB / 2 - 0.5
+    out = []
+    for a, s, r in itertools.product(angles, scales, aspects):
+        if a == 0 and r != aspects[0]:
+            continue  # no rotation: the aspect changes nothing
+        t = np.deg2rad(a)
+        m = s * np.array([[np.cos(t), -np.sin(t) / r], [np.sin(t) * r, np.cos(t)]])
+        out.append(np.c_[m, [c, c] - m @ [c, c]])
+    return np.array(out, np.float32)
 
 
-_WARPS = _warps(ANGLES, SCALES)
+#: Width/height of the films before their stretch to a square (Kermany's are ~1.3).
+ASPECTS = (1.0, 1.35)
+_WARPS = _warps(ANGLES, SCALES, ASPECTS)
 _IDENTITY = _warps((0.0,), (1.0,))
-_COARSE = _warps((-3.0, 0.0, 3.0), (0.97, 1.0, 1.03))
+_COARSE = _warps((-3.0, 0.0, 3.0), (0.97, 1.0, 1.03), ASPECTS)
 #: Cascade of :func:`align_scores`: accept without warping at _SURE; stop after the coarse
 #: grid below _HOPELESS.
 _SURE = 0.9
@@ -248,8 +270,7 @@ def align_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ``a``'s window with a warp of ``b`` at every shift of up to ``_BORDER`` pixels at once.
     The grid is searched in three stages, each only when the last leaves the pair in doubt:
     no warp (a copy altered only in its pixel values scores ``_SURE`` or more there), a
-    coarse grid (a pair below ``_HOPELESS`` there is no copy: the lowest planted copy scored
-    0.66 on it), then the whole grid.
+    coarse grid (a pair below ``_HOPELESS`` there is no copy), then the whole grid.
     """
     out = np.empty(len(a))
     for p, (ta, tb) in enumerate(zip(a, b, strict=True)):
