@@ -251,7 +251,8 @@ def search_alone(n: int) -> dict:
     few = planted[:, 2] <= 6
     return {"n": n, "seconds": seconds, "candidates": len(pairs),
             "planted_in_candidates": float(hits.mean()),
-            "planted_2_6_bits": float(hits[few].mean()), "planted_7_12_bits": float(hits[~few].mean()),
+            "planted_2_6_bits": float(hits[few].mean()),
+            "planted_7_12_bits": float(hits[~few].mean()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

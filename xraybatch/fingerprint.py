@@ -14,8 +14,9 @@ is compared (benchmarks/README.md, "Near-duplicates", has the measurements):
    lungs) is removed and the patient's own structure (ribs, vessels, devices) is left.
 3. **Several 64-bit SimHash codes** (stored as ``fp_hash``), one per descriptor of the
    thumbnail shrunk to ``HASH_SIDE``, each robust to a different alteration: the magnitude
-   of the Fourier transform of the normalised thumbnail (shifts), the normalised thumbnail re-centred on its centre of mass (shifts and
-   crops), and the normalised thumbnail itself (everything but geometry). Search uses them
+   of the Fourier transform of the normalised thumbnail (shifts), the normalised thumbnail
+   re-centred on its centre of mass (shifts and crops), and the normalised thumbnail itself
+   (everything but geometry). Search uses them
    to find candidate pairs (:mod:`xraybatch.dups`); nothing is decided on them alone.
 
 The decision is taken by :func:`align_score`: the two thumbnails are aligned over small
