@@ -15,6 +15,8 @@
    group.
 3. **Search alone** at ``--sizes`` synthetic fingerprints (each size in a fresh process:
    time and peak RSS of candidate search, and the verification cost per pair).
+4. **Fingerprint cost**: CPU per image of the fingerprint against the chunk task's own read,
+   decode, resize and histogram of the same image (serial, interleaved).
 
 Writes OUT/dups.json and prints Markdown tables (benchmarks/README.md, "Near-duplicates").
 ``--quick`` is a smoke test (2 per kind, no peers, 20,000 fingerprints).
@@ -287,6 +289,33 @@ def verify_cost(n_pairs: int = 400) -> float:
     return (time.perf_counter() - t0) / n_pairs
 
 
+def fingerprint_cost(src: Path, rounds: int = 5) -> dict:
+    """Serial CPU per image of the chunk task's own work (read, decode, resize, histogram)
+    and of the fingerprint of the result, interleaved image by image; medians of rounds."""
+    import cv2
+
+    from xraybatch import decode, fingerprint
+
+    cv2.setNumThreads(1)
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGES)
+    decode_s, print_s = [], []
+    for _ in range(rounds):
+        d = f = 0.0
+        for path in files:
+            t0 = time.process_time()
+            image, _ = decode.load(path)
+            hist = decode.histogram(image)
+            t1 = time.process_time()
+            fingerprint.fingerprint(image, hist)
+            t2 = time.process_time()
+            d, f = d + t1 - t0, f + t2 - t1
+        decode_s.append(d / len(files))
+        print_s.append(f / len(files))
+    decode_ms, print_ms = 1e3 * np.median(decode_s), 1e3 * np.median(print_s)
+    return {"images": len(files), "rounds": rounds, "decode_ms": decode_ms,
+            "fingerprint_ms": print_ms, "ratio": print_ms / decode_ms}
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -346,11 +375,14 @@ def main(argv: list[str] | None = None) -> int:
                               capture_output=True, text=True, check=True)
         search.append(json.loads(done.stdout))
         print(f"search alone, {n:,} fingerprints: {search[-1]}", flush=True)
+    cost = fingerprint_cost(Path(args.src), 2 if args.quick else 5)
+    print(f"fingerprint cost: {cost}", flush=True)
     per_pair = verify_cost()
     print(f"verification: {per_pair * 1e3:.2f} ms per pair (one thread); machine: {_machine()}")
     (work / "dups.json").write_text(json.dumps({
         "machine": _machine(), "n_images": n_images, "planted": len(truth),
-        "table": table, "search": search, "verify_seconds_per_pair": per_pair}, indent=1))
+        "table": table, "search": search, "verify_seconds_per_pair": per_pair,
+        "fingerprint_cost": cost}, indent=1))
     return 0
 
 

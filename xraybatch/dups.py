@@ -43,6 +43,8 @@ WIDTH = 4
 ROTATIONS = 8
 MAX_DISTANCE = 20
 PER_ROW = 4
+#: Pairs whose code distances are computed at once (bounds the memory of a large search).
+_SLICE = 1 << 22
 #: Candidate pairs per verification task.
 BLOCK = 2048
 
@@ -136,7 +138,9 @@ def _closest(pairs: np.ndarray, codes: np.ndarray, per_row: int) -> np.ndarray:
     """
     n = len(codes)
     a, b = pairs // n, pairs % n
-    d = code_distance(codes, a, b).astype(np.int64)
+    d = np.concatenate([code_distance(codes, a[i:i + _SLICE], b[i:i + _SLICE])
+                        for i in range(0, len(a), _SLICE)] or [np.zeros(0, np.int16)]
+                       ).astype(np.int64)
     keep = []
     for owner, other in ((a, b), (b, a)):
         ranked = np.sort((owner * 128 + d) * n + other)
