@@ -290,3 +290,18 @@ def test_all_pairs_of_identical_files_are_exact(real_planted) -> None:
         assert len(rows) == 1 and rows.exact.all() and (rows.score >= 0.999).all()
     assert not list(itertools.islice((r for r in found.itertuples() if r.exact and
                                       frozenset((r.path_a, r.path_b)) not in natural), 1))
+
+
+def test_verification_on_a_distributed_client_equals_threads(real_planted) -> None:
+    """The verification tasks run on a Dask client as on local threads (the workers read the
+    thumbnails from the store themselves)."""
+    distributed = pytest.importorskip("distributed")
+    ds, _, _ = real_planted
+    pairs = dups.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))[:300]
+    sources = dups._Sources((ds.ref,), (0,))
+    local = dups.verify(sources, pairs, "threads")
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                            dashboard_address=None) as client:
+        remote = dups.verify(sources, pairs, client)
+    np.testing.assert_array_equal(local, remote)
+    assert len(local) == len(pairs)
