@@ -84,7 +84,8 @@ def equalized_thumbnail(image: np.ndarray, hist: np.ndarray | None = None) -> np
 
 
 def local_contrast(thumb: np.ndarray, sigma: float) -> np.ndarray:
-    """Local contrast normalisation: (x - blur(x)) / sqrt(blur((x - blur(x))^2)), float32.
+    """Local contrast normalisation: (x - blur(x)) / sqrt(blur((x - blur(x))^2)), float32
+    (Gaussian blurs of ``sigma`` pixels, kernels cut at 2 sigma).
 
     Examples
     --------
@@ -93,9 +94,9 @@ def local_contrast(thumb: np.ndarray, sigma: float) -> np.ndarray:
     0.0
     """
     x = thumb.astype(np.float32) / 255
-    high = x - cv2.GaussianBlur(x, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    spread = np.sqrt(cv2.GaussianBlur(high * high, (0, 0), sigma,
-                                      borderType=cv2.BORDER_REFLECT))
+    size = (2 * int(np.ceil(2 * sigma)) + 1,) * 2  # 2 sigma: half the cost of OpenCV's 3
+    high = x - cv2.GaussianBlur(x, size, sigma, borderType=cv2.BORDER_REFLECT)
+    spread = np.sqrt(cv2.GaussianBlur(high * high, size, sigma, borderType=cv2.BORDER_REFLECT))
     return high / (spread + 1e-2)
 
 
@@ -116,9 +117,19 @@ def _centred(contrast: np.ndarray, thumb: np.ndarray) -> np.ndarray:
     cx, cy = (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] > 0 else (HASH_SIDE / 2,) * 2
     s = _CENTRED / HASH_SIDE
     move = np.float32([[s, 0, _CENTRED / 2 - s * cx], [0, s, _CENTRED / 2 - s * cy]])
-    blurred = cv2.GaussianBlur(contrast, (0, 0), 1.0)  # anti-alias before the shrink
+    blurred = cv2.GaussianBlur(contrast, (5, 5), 1.0)  # anti-alias before the shrink
     return cv2.warpAffine(blurred, move, (_CENTRED, _CENTRED), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT)
+
+
+def _raw(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The descriptors before centring: Fourier magnitude, re-centred image, plain image."""
+    thumb = cv2.resize(thumb, (HASH_SIDE, HASH_SIDE), interpolation=cv2.INTER_AREA)
+    contrast = local_contrast(thumb, _HASH_SIGMA)
+    spectrum = cv2.dft(contrast * _HANN, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :HASH_SIDE // 2 + 1]
+    magnitude = np.log1p(cv2.magnitude(spectrum[..., 0], spectrum[..., 1])[_MASK])
+    plain = cv2.resize(contrast, (_PLAIN, _PLAIN), interpolation=cv2.INTER_AREA)
+    return magnitude, _centred(contrast, thumb).ravel(), plain.ravel()
 
 
 def descriptors(thumb: np.ndarray) -> list[np.ndarray]:
@@ -129,13 +140,8 @@ def descriptors(thumb: np.ndarray) -> list[np.ndarray]:
     >>> [d.shape for d in descriptors(np.zeros((64, 64), np.uint8))]
     [(62,), (256,), (256,)]
     """
-    thumb = cv2.resize(thumb, (HASH_SIDE, HASH_SIDE), interpolation=cv2.INTER_AREA)
-    contrast = local_contrast(thumb, _HASH_SIGMA)
-    spectrum = cv2.dft(contrast * _HANN, flags=cv2.DFT_COMPLEX_OUTPUT)[:, :HASH_SIDE // 2 + 1]
-    magnitude = np.log1p(cv2.magnitude(spectrum[..., 0], spectrum[..., 1])[_MASK])
-    plain = cv2.resize(contrast, (_PLAIN, _PLAIN), interpolation=cv2.INTER_AREA)
     out = []
-    for d in (magnitude, _centred(contrast, thumb).ravel(), plain.ravel()):
+    for d in _raw(thumb):
         d = d - d.mean()
         out.append(d / (np.sqrt(d @ d) + 1e-9))
     return out
@@ -147,13 +153,21 @@ def _planes() -> list[np.ndarray]:
     return [rng.standard_normal((64, n)).astype(np.float32) for n in sizes]
 
 
+def _folded_planes(planes: list[np.ndarray]) -> np.ndarray:
+    """All codes in one product with the raw descriptors (:func:`_raw`): each descriptor's
+    planes, centred (P (d - mean d) = (P - row means of P) d; the norm does not change a
+    sign), block-diagonal, 64 rows per code."""
+    out = np.zeros((64 * len(planes), sum(p.shape[1] for p in planes)), np.float32)
+    offset = 0
+    for k, p in enumerate(planes):
+        out[64 * k:64 * (k + 1), offset:offset + p.shape[1]] = p - p.mean(axis=1, keepdims=True)
+        offset += p.shape[1]
+    return out
+
+
 _PLANES = _planes()
 _BITS = (np.uint64(1) << np.arange(64, dtype=np.uint64))
-#: All codes in one product: the planes of descriptor k fill rows 64k..64k+63 of a
-#: block-diagonal matrix.
-_ALL_PLANES = np.zeros((64 * N_CODES, sum(p.shape[1] for p in _PLANES)), np.float32)
-for _k, _offset in enumerate(np.cumsum([0] + [p.shape[1] for p in _PLANES])[:-1]):
-    _ALL_PLANES[64 * _k:64 * (_k + 1), _offset:_offset + _PLANES[_k].shape[1]] = _PLANES[_k]
+_ALL_PLANES = _folded_planes(_PLANES)
 
 
 def simhash(vector: np.ndarray, planes: np.ndarray) -> np.uint64:
@@ -172,8 +186,9 @@ def simhash(vector: np.ndarray, planes: np.ndarray) -> np.uint64:
 
 
 def hashes(thumb: np.ndarray) -> np.ndarray:
-    """(N_CODES,) uint64 SimHash codes of an equalised thumbnail (:func:`simhash` of each
-    descriptor with its own 64 planes, in one product).
+    """(N_CODES,) uint64 SimHash codes of an equalised thumbnail: :func:`simhash` of each of
+    its :func:`descriptors` with its own 64 planes, computed as one product with the
+    centring folded into the planes (a third of the time).
 
     Examples
     --------
@@ -182,7 +197,7 @@ def hashes(thumb: np.ndarray) -> np.ndarray:
     >>> bool((hashes(t) == np.array(codes, np.uint64)).all())
     True
     """
-    bits = (_ALL_PLANES @ np.concatenate(descriptors(thumb))) > 0
+    bits = (_ALL_PLANES @ np.concatenate(_raw(thumb))) > 0
     return np.packbits(bits, bitorder="little").view("<u8").astype(np.uint64)
 
 
