@@ -44,8 +44,6 @@ WIDTH = 8
 ROTATIONS = 8
 MAX_DISTANCE = 20
 PER_ROW = 4
-#: Pairs whose code distances are computed at once (bounds the memory of a large search).
-_SLICE = 1 << 22
 #: Candidate pairs per verification task.
 BLOCK = 2048
 
@@ -71,7 +69,7 @@ def code_distance(codes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     >>> code_distance(codes, np.array([0]), np.array([1])).tolist()
     [2]
     """
-    return _popcount(codes[a] ^ codes[b]).min(axis=1).astype(np.int16)
+    return _popcount(codes[a] ^ codes[b]).min(axis=1).astype(np.int64)
 
 
 def _rotate(x: np.ndarray, bits: int) -> np.ndarray:
@@ -110,7 +108,9 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
     """
     rows = np.arange(len(codes)) if rows is None else np.asarray(rows, np.int64)
     n = len(codes)
-    kept = np.zeros(0, np.int64)  # keys of each row's closest candidates so far (_key)
+    # (a * 128 + distance) * n + b of each row's closest candidates so far: sorting these
+    # keys groups the pairs by row a, closest first (distances of 64-bit codes are < 128).
+    kept = np.zeros(0, np.int64)
     step = 64 // rotations
     for k, r in itertools.product(range(codes.shape[1]), range(rotations)):
         order = rows[np.argsort(_rotate(codes[rows, k], r * step))]
@@ -121,35 +121,40 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
             if group is not None:
                 keep &= group[a] != group[b]
             a, b = a[keep], b[keep]
-            # This code's distance filters; the closest code's ranks (in _closest).
+            # This code's distance filters; the closest code's distance ranks.
             near = _popcount(codes[a, k] ^ codes[b, k]) <= max_distance
-            found.append(a[near] * n + b[near])
+            a, b = a[near], b[near]
+            found.append((a * 128 + code_distance(codes, a, b)) * n + b)
         # Reduced after each ordering: memory holds O(rows x (per_row + width)).
-        kept = _closest(_sorted_unique(np.concatenate(found)), codes, per_row)
-    return np.column_stack([kept // n, kept % n]).astype(np.int64)
+        kept = _closest(np.concatenate(found), n, per_row)
+    pairs = np.column_stack([kept // n // 128, kept % n]).astype(np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _closest(pairs: np.ndarray, codes: np.ndarray, per_row: int) -> np.ndarray:
-    """The pair keys (``a * n + b``, unique) among the ``per_row`` closest of either row.
+def _closest(keys: np.ndarray, n: int, per_row: int) -> np.ndarray:
+    """The keys (see :func:`candidate_pairs`), each pair once, of the pairs among the
+    ``per_row`` closest of either of their rows."""
+    x = _sorted_unique(keys)  # by row a, closest first; a pair always has the same distance
+    by_a = x[_run_rank(x // n // 128) < per_row]
+    y = np.sort((x % n * 128 + x // n % 128) * n + x // n // 128)  # the same by row b
+    by_b = y[_run_rank(y // n // 128) < per_row]
+    back = (by_b % n * 128 + by_b // n % 128) * n + by_b // n // 128
+    return _sorted_unique(np.concatenate([by_a, back]))
 
-    Sorting ``(row * 128 + distance) * n + other`` (distances of 64-bit codes are below
-    128) puts each row's pairs together, closest first: the rank is the position in the run.
+
+def _run_rank(sorted_rows: np.ndarray) -> np.ndarray:
+    """Position of each element within its run of equal values.
+
+    Examples
+    --------
+    >>> _run_rank(np.array([3, 3, 5, 7, 7, 7])).tolist()
+    [0, 1, 0, 0, 1, 2]
     """
-    n = len(codes)
-    a, b = pairs // n, pairs % n
-    d = np.concatenate([code_distance(codes, a[i:i + _SLICE], b[i:i + _SLICE])
-                        for i in range(0, len(a), _SLICE)] or [np.zeros(0, np.int16)]
-                       ).astype(np.int64)
-    keep = []
-    for owner, other in ((a, b), (b, a)):
-        ranked = np.sort((owner * 128 + d) * n + other)
-        row = ranked // n // 128
-        starts = np.r_[0, np.flatnonzero(np.diff(row)) + 1]
-        rank = np.arange(len(row)) - np.repeat(starts, np.diff(np.r_[starts, len(row)]))
-        close = ranked[rank < per_row]
-        x, y = close // n // 128, close % n
-        keep.append(np.minimum(x, y) * n + np.maximum(x, y))
-    return _sorted_unique(np.concatenate(keep))
+    if not len(sorted_rows):
+        return np.zeros(0, np.int64)
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_rows)) + 1]
+    return np.arange(len(sorted_rows)) - np.repeat(starts, np.diff(np.r_[starts,
+                                                                         len(sorted_rows)]))
 
 
 def _sorted_unique(x: np.ndarray) -> np.ndarray:
