@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import shutil
@@ -12,20 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from conftest import benchmark_module
 
 import xraybatch
 from xraybatch import dups, zarrio
 from xraybatch.cli import main
 from xraybatch.store import StoreError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "dups.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_dups", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/dups.py: its ``alter`` makes the planted copies."""
+    return benchmark_module("dups")
 
 
 # --- pure functions against brute force ------------------------------------------------------

@@ -3,27 +3,22 @@ each alteration kind, and the chunk task's fingerprints equal the pure function'
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import benchmark_module
 
 import xraybatch
 from xraybatch import decode, dups, fingerprint, store
 from xraybatch.ingest import ChunkTask, process_chunk
 from xraybatch.phantom import synth_image
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "dups.py"
-
 
 def _bench():
-    """benchmarks/dups.py (its ``alter`` makes the planted copies), under its own name."""
-    spec = importlib.util.spec_from_file_location("bench_dups", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/dups.py: its ``alter`` makes the planted copies."""
+    return benchmark_module("dups")
 
 
 def _reference_thumbnail(image: np.ndarray) -> np.ndarray:
