@@ -111,6 +111,9 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
     # (a * 128 + distance) * n + b of each row's closest candidates so far: sorting these
     # keys groups the pairs by row a, closest first (distances of 64-bit codes are < 128).
     kept = np.zeros(0, np.int64)
+    # The per_row-th closest distance of each row as a and as b so far: a new pair that is
+    # farther than both can no longer be kept (128: the row has fewer candidates).
+    worst_a, worst_b = np.full(n, 128), np.full(n, 128)
     step = 64 // rotations
     for k, r in itertools.product(range(codes.shape[1]), range(rotations)):
         order = rows[np.argsort(_rotate(codes[rows, k], r * step))]
@@ -124,22 +127,34 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
             # This code's distance filters; the closest code's distance ranks.
             near = _popcount(codes[a, k] ^ codes[b, k]) <= max_distance
             a, b = a[near], b[near]
-            found.append((a * 128 + code_distance(codes, a, b)) * n + b)
+            d = code_distance(codes, a, b)
+            useful = (d <= worst_a[a]) | (d <= worst_b[b])
+            found.append((a[useful] * 128 + d[useful]) * n + b[useful])
         # Reduced after each ordering: memory holds O(rows x (per_row + width)).
-        kept = _closest(np.concatenate(found), n, per_row)
+        kept, worst_a, worst_b = _closest(np.concatenate(found), n, per_row)
     pairs = np.column_stack([kept // n // 128, kept % n]).astype(np.int64)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _closest(keys: np.ndarray, n: int, per_row: int) -> np.ndarray:
+def _closest(keys: np.ndarray, n: int, per_row: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The keys (see :func:`candidate_pairs`), each pair once, of the pairs among the
-    ``per_row`` closest of either of their rows."""
+    ``per_row`` closest of either of their rows; and each row's ``per_row``-th closest
+    distance as a and as b (128 if it has fewer pairs)."""
     x = _sorted_unique(keys)  # by row a, closest first; a pair always has the same distance
-    by_a = x[_run_rank(x // n // 128) < per_row]
+    rank = _run_rank(x // n // 128)
+    by_a = x[rank < per_row]
+    worst_a = np.full(n, 128)
+    last = x[rank == per_row - 1]
+    worst_a[last // n // 128] = last // n % 128
     y = np.sort((x % n * 128 + x // n % 128) * n + x // n // 128)  # the same by row b
-    by_b = y[_run_rank(y // n // 128) < per_row]
+    rank = _run_rank(y // n // 128)
+    by_b = y[rank < per_row]
+    worst_b = np.full(n, 128)
+    last = y[rank == per_row - 1]
+    worst_b[last // n // 128] = last // n % 128
     back = (by_b % n * 128 + by_b // n % 128) * n + by_b // n // 128
-    return _sorted_unique(np.concatenate([by_a, back]))
+    return _sorted_unique(np.concatenate([by_a, back])), worst_a, worst_b
 
 
 def _run_rank(sorted_rows: np.ndarray) -> np.ndarray:
