@@ -33,7 +33,7 @@ from . import fingerprint
 from .store import StoreError, StoreRef, XrayStore, write_pairs
 
 #: Default score threshold, chosen on real X-rays (benchmarks/README.md, "Near-duplicates"):
-#: planted altered copies of the Kermany sample scored >= 0.72, different films <= 0.58.
+#: planted altered copies of the Kermany sample scored >= 0.71, different films <= 0.58.
 DEFAULT_THRESHOLD = 0.65
 #: Lowest score kept in the store: thresholds from FLOOR to 1 are answered from it. Below,
 #: the verification stops early and its score is only an upper bound of the truth.
