@@ -77,7 +77,7 @@ def test_exact_pairs_and_threshold_range() -> None:
     valid = np.array([True, True, True, True, True, False])
     assert dups.exact_pairs(sha, valid).tolist() == [[0, 2]]
     with pytest.raises(ValueError, match="between"):
-        dups._threshold(0.2)
+        dups.threshold_or_default(0.2)
 
 
 # --- stores with planted copies ----------------------------------------------------------------

@@ -174,9 +174,7 @@ def _near_duplicates(ds) -> dict | None:
     """Near-duplicate counts for stats (None for a store without fingerprints)."""
     from . import dups
 
-    if not ds.has_fingerprints or ds.fingerprint_version != dups.fingerprint.VERSION:
-        return None
-    return dups.summarize(ds)
+    return dups.summarize(ds) if dups.searchable(ds) else None
 
 
 def _print_stats(stats: dict, by: str) -> None:
@@ -285,7 +283,7 @@ def _dups_json(found, groups: list, stores: list, names: list[str],
                threshold: float | None) -> dict[str, Any]:
     """``dups --json``: pairs as [path_a, path_b, score] (+ [store_a, store_b] for several
     stores), the cross-split ones again under ``cross_split``, and the groups."""
-    from .dups import _threshold
+    from .dups import threshold_or_default
 
     several = len(stores) > 1
     paths = [ds.paths for ds in stores]
@@ -299,7 +297,7 @@ def _dups_json(found, groups: list, stores: list, names: list[str],
 
     rows = list(found.itertuples())
     return {"stores": names, "images": [len(ds) for ds in stores],
-            "threshold": _threshold(threshold),
+            "threshold": threshold_or_default(threshold),
             "counts": {"pairs": len(rows), "groups": len(groups),
                        "cross_split": int(found.cross_split.sum())},
             "pairs": [pair(r) for r in rows],
@@ -309,7 +307,7 @@ def _dups_json(found, groups: list, stores: list, names: list[str],
 
 def _print_dups(found, groups: list, stores: list, names: list[str],
                 threshold: float | None) -> None:
-    from .dups import _threshold
+    from .dups import threshold_or_default
 
     several = len(stores) > 1
     paths = [ds.paths for ds in stores]
@@ -319,7 +317,7 @@ def _print_dups(found, groups: list, stores: list, names: list[str],
 
     searched = ", ".join(f"{names[i]} ({len(ds)} images)" for i, ds in enumerate(stores))
     cross = found[found.cross_split]
-    print(f"searched {searched}; score threshold {_threshold(threshold):.2f}")
+    print(f"searched {searched}; score threshold {threshold_or_default(threshold):.2f}")
     print(f"{len(found)} near-duplicate pairs in {len(groups)} groups "
           f"({sum(len(g) for g in groups)} images); {len(cross)} across splits"
           + (" or stores" if several else ""))

@@ -260,6 +260,12 @@ def verify(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
 # --- one store ---------------------------------------------------------------------------
 
 
+def searchable(ds: XrayStore) -> bool:
+    """Whether the store holds fingerprints this version compares (stats and the report
+    leave the near-duplicates out otherwise)."""
+    return ds.has_fingerprints and ds.fingerprint_version == fingerprint.VERSION
+
+
 def check_store(ds: XrayStore) -> None:
     """Refuse stores that cannot be searched, in one line."""
     if not ds.complete:
@@ -317,7 +323,7 @@ def near_duplicate_pairs(ds: XrayStore, threshold: float | None = None, *,
     0   12  803  0.981235
     1  140  141  1.000000
     """
-    threshold = _threshold(threshold)
+    threshold = threshold_or_default(threshold)
     check_store(ds)
     n = len(ds)
     stored = ds.stored_pairs()
@@ -339,7 +345,14 @@ def near_duplicate_pairs(ds: XrayStore, threshold: float | None = None, *,
     return frame[frame.score >= threshold].reset_index(drop=True)
 
 
-def _threshold(threshold: float | None) -> float:
+def threshold_or_default(threshold: float | None) -> float:
+    """``threshold``, or ``DEFAULT_THRESHOLD`` for None; refused outside ``FLOOR``-1.
+
+    Examples
+    --------
+    >>> threshold_or_default(None), threshold_or_default(0.8)
+    (0.65, 0.8)
+    """
     threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     if not FLOOR <= threshold <= 1:
         raise ValueError(f"threshold must be between {FLOOR} and 1, got {threshold}")
@@ -396,7 +409,7 @@ def summarize(ds: XrayStore, threshold: float | None = None, **kwargs: Any
     a, b = pairs.a.to_numpy(), pairs.b.to_numpy()
     label = components(len(ds), np.column_stack([a, b]))
     sizes = np.bincount(label, minlength=len(ds))
-    return {"threshold": _threshold(threshold), "pairs": len(pairs),
+    return {"threshold": threshold_or_default(threshold), "pairs": len(pairs),
             "groups": int((sizes > 1).sum()), "images_in_groups": int(sizes[sizes > 1].sum()),
             "cross_split": int((split[a] != split[b]).sum())}
 
@@ -428,7 +441,7 @@ def find(stores: list[XrayStore], threshold: float | None = None, *,
         ``split_b``, ``score``, ``cross_split`` (the images are in different splits, or in
         different stores), ``exact`` (same SHA-256); cross-split pairs first, then by score.
     """
-    threshold = _threshold(threshold)
+    threshold = threshold_or_default(threshold)
     for ds in stores:
         check_store(ds)
     parts = []

@@ -238,9 +238,7 @@ def _near_duplicates(ds: XrayStore) -> pd.DataFrame | None:
     fingerprints."""
     from . import dups
 
-    if not ds.has_fingerprints or ds.fingerprint_version != dups.fingerprint.VERSION:
-        return None
-    return dups.find([ds])
+    return dups.find([ds]) if dups.searchable(ds) else None
 
 
 def _dups_html(near: pd.DataFrame | None) -> str:

@@ -25,7 +25,7 @@ without xraybatch)::
     window_used, voi_function (sample,) str; voi_center, voi_width (sample,) float64
                                            the window actually applied (xraybatch.render)
     mean, std     (sample,)       float64  per-image pixel mean and std (0 where invalid)
-    fp_thumb      (sample, fp_y, fp_x) uint8  content fingerprint: equalised 32 x 32 thumbnail
+    fp_thumb      (sample, fp_y, fp_x) uint8  content fingerprint: equalised 64 x 64 thumbnail
     fp_hash       (sample, fp_code) uint64 content fingerprint: SimHash codes (.fingerprint)
     dup_pairs     (pair, end)     int64    verified near-duplicate pairs (a < b), written by
     dup_score     (pair,)         float32  xraybatch.dups (attrs: rows searched, score floor)
@@ -57,7 +57,7 @@ from zarr.core.sync import sync
 
 from . import __version__, fingerprint, qc, zarrio
 from .location import StoreError, StoreRef
-from .lock import LOCK_NAME, busy, writer
+from .lock import LOCK_NAME, busy, locked, writer
 
 #: Arrays written once, at creation, from the scan.
 _SCAN_ARRAYS = {"labels": "int16", "split": "int8", "path": str, "file_bytes": "int64",
@@ -396,8 +396,6 @@ def write_pairs(ref: StoreRef, pairs: np.ndarray, scores: np.ndarray,
     Written under the writer lock; returns False without writing when another process
     writes the store (an ingest or append: the pairs would be stale anyway).
     """
-    from .lock import locked
-
     try:
         with locked(ref):
             group = ref.open("r+")
