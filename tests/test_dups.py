@@ -301,3 +301,15 @@ def test_verification_on_a_distributed_client_equals_threads(real_planted) -> No
         remote = dups.verify(sources, pairs, client)
     np.testing.assert_array_equal(local, remote)
     assert len(local) == len(pairs)
+
+
+def test_benchmark_quick_smoke(synth_small: Path, tmp_path: Path) -> None:
+    """benchmarks/dups.py --quick (seeded): the set, the scoring, the search alone and the cost."""
+    bench = _bench()
+    assert bench.main([str(synth_small), "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "dups.json").read_text())
+    default = [r for r in result["table"] if "(default)" in r["tool"]][0]
+    assert default["planted"] == 2 * len(bench.KINDS) and default["found"] == default["planted"]
+    assert result["search"][0]["n"] == 20_000 and result["search"][0]["candidates"] > 0
+    assert 0 < result["fingerprint_cost"]["fingerprint_ms"] < result["fingerprint_cost"][
+        "decode_ms"]
