@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,16 @@ import pytest
 from xraybatch.synth import synth_dataset
 
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared/data/chest_xray_sample"
+
+
+def benchmark_module(name: str):
+    """``benchmarks/NAME.py`` loaded as the module ``bench_NAME`` (a folder of scripts, not a
+    package; nothing is added to ``sys.path``)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

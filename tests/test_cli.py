@@ -208,6 +208,9 @@ def test_stats_json(capsys, stored: Path) -> None:
     assert code == 0
     got = json.loads(stdout)
     assert {"global", "per_class", "per_split_class"} <= set(got)
+    from xraybatch import dups  # stats --json adds the near-duplicate counts
+
+    assert got.pop("near_duplicates") == dups.summarize(xraybatch.open(stored))
     assert got == json.loads(json.dumps(xraybatch.open(stored).stats()))
     assert list(got["per_class"]) == ["NORMAL", "BACTERIA", "VIRUS"]
 

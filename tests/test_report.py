@@ -69,7 +69,10 @@ def test_html_shows_every_figure_and_table(store: xraybatch.XrayStore,
     stats = store.stats()
     # summary, counts, patients, 3 stats, QC flags, flagged, failed, skipped; leaked patients
     leaked = stats["patients"]["in_several_splits"]["count"] > 0
-    assert page.count("<table") == 10 + leaked
+    from xraybatch import dups  # and the near-duplicate pairs, when there are any
+
+    near = len(dups.near_duplicate_pairs(store)) > 0
+    assert page.count("<table") == 10 + leaked + near
     for split, per in stats["per_split_class"].items():
         for name, s in per.items():
             assert f"<td>{split} / {name}</td>\n      <td>{s['images']}</td>" in page

@@ -34,7 +34,8 @@ def test_xarray_opens_store_without_xraybatch(out: Path) -> None:
     assert ds["hist"].dims == ("sample", "bin")
     for name in ("labels", "split", "valid", "path", "status", "orig_height"):
         assert ds[name].dims == ("sample",)
-    assert dict(ds.sizes) == {"sample": 60, "y": SIZE, "x": SIZE, "bin": 256, "chunk": 4}
+    assert dict(ds.sizes) == {"sample": 60, "y": SIZE, "x": SIZE, "bin": 256, "chunk": 4,
+                              "fp_y": 64, "fp_x": 64, "fp_code": 3}  # content fingerprints
     np.testing.assert_array_equal(ds["images"].values, group["images"][:])
     assert ds["path"].values.tolist() == group["path"][:].tolist()
     assert ds.attrs["classes"] == ["NORMAL", "BACTERIA", "VIRUS"]

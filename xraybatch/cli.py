@@ -1,4 +1,4 @@
-"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect,report,split,verify}``.
+"""Command-line interface: ``xraybatch {demo,synth,ingest,stats,inspect,report,dups,split,verify}``.
 
 Every command reports user errors (missing folder, bad label scheme, existing output...) as
 one line on stderr with exit code 2; ``ingest --strict`` exits 1 when any file failed.
@@ -169,14 +169,16 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=_examples("xraybatch stats xray.zarr\n"
                                         "xraybatch stats xray.zarr --by split\n"
                                         "xraybatch stats xray.zarr --json > stats.json\n"
-                                        "xraybatch stats xray.zarr --strict  # fails on leakage"))
+                                        "xraybatch stats xray.zarr --strict  # fails on leakage "
+                                        "(patients or near-duplicates across splits)"))
     t.add_argument("out", help="store written by xraybatch ingest")
     t.add_argument("--by", choices=["class", "split"], default="class",
                    help="rows per class, or per split x class (default: class)")
     t.add_argument("--json", action="store_true", help="print JSON (global, per_class, "
                                                        "per_split_class, histograms, patients)")
     t.add_argument("--strict", action="store_true",
-                   help="exit with status 1 if a patient is in more than one split")
+                   help="exit with status 1 if a patient is in more than one split, or a "
+                        "near-duplicate pair crosses splits")
     _add_storage_option(t)
 
     n = sub.add_parser("inspect", formatter_class=fmt, help="the tutorial's view of one image",
@@ -210,6 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true",
                    help="replace the report files of an existing DIR")
     _add_storage_option(r)
+    _add_dups_parser(sub, fmt)
     _add_split_parser(sub)
     _add_verify_parser(sub)
     return p
@@ -252,7 +255,6 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     _add_storage_option(s)
 
 
-
 def _add_verify_parser(sub: Any) -> None:
     v = sub.add_parser(
         "verify", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -282,6 +284,43 @@ def _add_verify_parser(sub: Any) -> None:
                    help="local workers (default: one per core; a cluster has its own)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage_option(v)
+
+
+_DUPS_EXAMPLES = """
+xraybatch dups xray.zarr                      # groups and pairs, cross-split pairs first
+xraybatch dups xray.zarr --json > dups.json   # {"pairs": [[path_a, path_b, score], ...], ...}
+xraybatch dups xray.zarr --threshold 0.8      # fewer pairs, only the surest
+xraybatch dups nih.zarr chexpert.zarr         # also pairs across the two stores
+xraybatch dups big.zarr --scheduler tcp://10.0.0.5:8786  # verification on a Dask cluster
+"""
+
+
+def _add_dups_parser(sub: Any, fmt: type) -> None:
+    """``xraybatch dups STORE [STORE ...]``: near-duplicate images by content."""
+    d = sub.add_parser(
+        "dups", formatter_class=fmt, help="near-duplicate images by content, across splits "
+                                          "and stores",
+        description="Find near-duplicate images (re-encoded, rescaled, converted, brightened, "
+                    "slightly cropped, shifted or rotated copies) from the content fingerprints "
+                    "stored at ingest: candidate pairs from their hashes, each verified by "
+                    "aligning the two thumbnails. Prints the groups and each pair with its "
+                    "score (0.5-1), pairs across splits first; several stores are also compared "
+                    "with each other. Exact copies (same SHA-256) are pairs too (score 1) and "
+                    "keep their own qc_duplicate flag.",
+        epilog=_examples(_DUPS_EXAMPLES))
+    d.add_argument("stores", nargs="+", metavar="STORE", help="stores written by xraybatch ingest")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="lowest score reported, 0.5-1; lower finds more altered copies and more "
+                        "false pairs (default: 0.65, chosen on real chest X-rays)")
+    d.add_argument("--json", action="store_true",
+                   help="print JSON: pairs, cross_split, groups (and stores)")
+    d.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",
+                   help="Dask scheduler of the verification (default: threads)")
+    d.add_argument("--workers", type=int, default=None,
+                   help="local workers (default: one per core)")
+    d.add_argument("--strict", action="store_true",
+                   help="exit with status 1 if a pair crosses splits (or stores)")
+    _add_storage_option(d)
 
 
 class _Version(argparse.Action):

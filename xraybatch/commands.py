@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .ingest import IngestResult
 
 #: Exit status of ``ingest --strict`` when a file failed and of ``stats`` on an incomplete
-#: store or, with ``--strict``, on patient leakage.
+#: store or, with ``--strict``, on patient or near-duplicate leakage (``dups --strict`` too).
 EXIT_FAILED_FILES = 1
 
 
@@ -156,6 +156,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
               f"split half rewritten: run it again, or 'xraybatch split {args.out} --restore'",
               file=sys.stderr)
     stats = ds.stats()
+    stats["near_duplicates"] = _near_duplicates(ds)
     if args.json:
         print(json.dumps(stats, indent=1))
     else:
@@ -165,7 +166,19 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         print(f"xraybatch stats: patient leakage: {leaked['count']} patients in more than one "
               f"split ({', '.join(leaked['ids'][:20])})", file=sys.stderr)
         return EXIT_FAILED_FILES
+    near = stats["near_duplicates"]
+    if args.strict and near and near["cross_split"]:
+        print(f"xraybatch stats: near-duplicate leakage: {near['cross_split']} pairs across "
+              f"splits (see 'xraybatch dups {args.out}')", file=sys.stderr)
+        return EXIT_FAILED_FILES
     return 0
+
+
+def _near_duplicates(ds) -> dict | None:
+    """Near-duplicate counts for stats (None for a store without fingerprints)."""
+    from . import dups
+
+    return dups.summarize(ds) if dups.searchable(ds) else None
 
 
 def _print_stats(stats: dict, by: str) -> None:
@@ -189,6 +202,12 @@ def _print_stats(stats: dict, by: str) -> None:
     print(f"images {stats['images']} (valid {stats['valid']}, failed {stats['failed']}); "
           f"imbalance ratio {ratio}; class weights {weights}")
     print("\n".join(describe_patients(stats["patients"])))
+    if "near_duplicates" in stats:
+        from .dups import describe as describe_near
+
+        near = stats["near_duplicates"]
+        print(describe_near(near) if near else "near-duplicates: no content fingerprints in "
+              "this store (ingest it again with --overwrite to search it)")
 
 
 def inspect_image(path: str | os.PathLike, storage_options: dict | None = None) -> dict:
@@ -349,6 +368,86 @@ def _print_verify(result: Any) -> None:
           f"verify: FAILED: {len(result.problems)} problems{differ}")
 
 
+def _cmd_dups(args: argparse.Namespace) -> int:
+    from . import dups
+    from .store import XrayStore
+
+    options = dict(args.storage_option)
+    stores = [XrayStore(url, options) for url in args.stores]
+    found = dups.find(stores, args.threshold, scheduler=args.scheduler, workers=args.workers)
+    groups = dups.groups_of(found)
+    names = [dups.store_name(ds) for ds in stores]
+    several = len(stores) > 1
+    if args.json:
+        print(json.dumps(_dups_json(found, groups, stores, names, args.threshold), indent=1))
+    else:
+        _print_dups(found, groups, stores, names, args.threshold)
+    cross = int(found.cross_split.sum())
+    if args.strict and cross:
+        print(f"xraybatch dups: {cross} near-duplicate pairs across splits"
+              + (" or stores" if several else ""), file=sys.stderr)
+        return EXIT_FAILED_FILES
+    return 0
+
+
+def _dups_json(found, groups: list, stores: list, names: list[str],
+               threshold: float | None) -> dict[str, Any]:
+    """``dups --json``: pairs as [path_a, path_b, score] (+ [store_a, store_b] for several
+    stores), the cross-split ones again under ``cross_split``, and the groups."""
+    from .dups import threshold_or_default
+
+    several = len(stores) > 1
+    paths = [ds.paths for ds in stores]
+
+    def pair(row) -> list:
+        out = [row.path_a, row.path_b, round(float(row.score), 4)]
+        return out + [names[row.store_a], names[row.store_b]] if several else out
+
+    def member(store: int, row: int) -> Any:
+        return [names[store], paths[store][row]] if several else paths[store][row]
+
+    rows = list(found.itertuples())
+    return {"stores": names, "images": [len(ds) for ds in stores],
+            "threshold": threshold_or_default(threshold),
+            "counts": {"pairs": len(rows), "groups": len(groups),
+                       "cross_split": int(found.cross_split.sum())},
+            "pairs": [pair(r) for r in rows],
+            "cross_split": [pair(r) for r in rows if r.cross_split],
+            "groups": [[member(s, r) for s, r in g] for g in groups]}
+
+
+def _print_dups(found, groups: list, stores: list, names: list[str],
+                threshold: float | None) -> None:
+    from .dups import threshold_or_default
+
+    several = len(stores) > 1
+    paths = [ds.paths for ds in stores]
+
+    def where(store: int, path: str, split: str) -> str:
+        return f"{names[store]}:{path} [{split}]" if several else f"{path} [{split}]"
+
+    searched = ", ".join(f"{names[i]} ({len(ds)} images)" for i, ds in enumerate(stores))
+    cross = found[found.cross_split]
+    print(f"searched {searched}; score threshold {threshold_or_default(threshold):.2f}")
+    print(f"{len(found)} near-duplicate pairs in {len(groups)} groups "
+          f"({sum(len(g) for g in groups)} images); {len(cross)} across splits"
+          + (" or stores" if several else ""))
+    for title, rows in (("pairs across splits" + (" or stores" if several else ""), cross),
+                        ("pairs within a split", found[~found.cross_split])):
+        if len(rows):
+            print(f"{title} (score, image, image):")
+        for r in rows.itertuples():
+            exact = "  (byte-identical)" if r.exact else ""
+            print(f"  {r.score:.3f}  {where(r.store_a, r.path_a, r.split_a)}  ~  "
+                  f"{where(r.store_b, r.path_b, r.split_b)}{exact}")
+    if groups:
+        print("groups:")
+    for i, group in enumerate(groups, 1):
+        members = ", ".join(f"{names[s]}:{paths[s][r]}" if several else paths[s][r]
+                            for s, r in group)
+        print(f"  {i}: {members}")
+
+
 def _next_commands(out: str) -> str:
     """What to run on a store just written: its statistics, then its report."""
     report = out.rstrip("/").rsplit("/", 1)[-1] if "://" in out else out.rstrip("/")
@@ -361,4 +460,4 @@ def _next_commands(out: str) -> str:
 #: Subcommand name -> its implementation, called with the parsed arguments.
 COMMANDS = {"demo": _cmd_demo, "synth": _cmd_synth, "ingest": _cmd_ingest,
             "stats": _cmd_stats, "inspect": _cmd_inspect, "report": _cmd_report,
-            "split": _cmd_split, "verify": _cmd_verify}
+            "split": _cmd_split, "verify": _cmd_verify, "dups": _cmd_dups}

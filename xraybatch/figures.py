@@ -195,6 +195,28 @@ def plot_samples(store: XrayStore, manifest: pd.DataFrame, seed: int):
     return fig
 
 
+def plot_near_duplicates(store: XrayStore, pairs: pd.DataFrame, limit: int = 12):
+    """Near-duplicate pairs side by side (rows ``a``, ``b``, their splits and ``score``), the
+    first ``limit`` of them, each image titled with its split and file name."""
+    pairs = pairs.head(limit)
+    rows = np.unique(np.r_[pairs.a.to_numpy(), pairs.b.to_numpy()]).astype(np.int64)
+    images = dict(zip(rows.tolist(), store.read_images(rows) if len(rows) else [],
+                      strict=True))
+    paths = store.paths
+    fig = _figure(7, 3.2 * max(1, len(pairs)))
+    axes = np.atleast_2d(fig.subplots(max(1, len(pairs)), 2))
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for (left, right), row in zip(axes, pairs.itertuples(), strict=False):
+        for ax, r, split in ((left, row.a, row.split_a), (right, row.b, row.split_b)):
+            ax.imshow(images[int(r)], cmap="gray", vmin=0, vmax=255)
+            ax.set_xlabel(f"{split} / {os.path.basename(paths[r])}", fontsize=8)
+        left.set_title(f"score {row.score:.3f}", fontsize=10, loc="left")
+    return fig
+
+
 def plot_mean_images(classes: list[str], means: np.ndarray, counts: np.ndarray):
     """The mean image of each class side by side, on one grey scale."""
     ncols = min(len(classes), 5)

@@ -30,7 +30,7 @@ import pandas as pd
 import zarr
 from dask.delayed import Delayed
 
-from . import decode, lock, store
+from . import decode, fingerprint, lock, store
 from .options import (
     DEFAULT_CHUNK,
     DEFAULT_INTERPOLATION,
@@ -110,7 +110,11 @@ class IngestResult:
 
 def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray],
                                              ChunkReport]:
-    """Decode the images of one chunk into arrays (pure: no store involved)."""
+    """Decode the images of one chunk into arrays (pure: no store involved).
+
+    The records hold the per-image facts and the content fingerprints
+    (:func:`xraybatch.fingerprint.fingerprints`) of the decoded images.
+    """
     t0 = time.perf_counter()
     n = len(task.paths)
     images = np.zeros((n, task.size, task.size), np.uint8)
@@ -125,9 +129,12 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
             hist[i] = decode.histogram(image)
     failures = tuple((task.start + i, r.status, r.message)
                      for i, r in enumerate(records) if not r.valid)
+    arrays = store.record_arrays(records, hist)
+    # Content fingerprints from the pixels just decoded (no second read or decode).
+    arrays.update(fingerprint.fingerprints(images, hist, arrays["valid"]))
     report = ChunkReport(task.index, n, failures, sum(r.nbytes for r in records),
                          time.perf_counter() - t0)
-    return images, hist, store.record_arrays(records, hist), report
+    return images, hist, arrays, report
 
 
 #: Stores being created while the first chunks decode (local threads), by URL: the tasks

@@ -24,6 +24,7 @@ from .figures import (
     plot_histograms,
     plot_inspect,
     plot_mean_images,
+    plot_near_duplicates,
     plot_samples,
     plot_spread,
     require_matplotlib,
@@ -42,6 +43,10 @@ FIGURES: dict[str, str] = {
     "intensity_spread.png": "Per-image mean and standard deviation by class; red crosses are "
                             "the images flagged as per-class outliers.",
 }
+#: Cross-split near-duplicate pairs side by side, drawn when there are any.
+NEAR_DUPLICATES = "near_duplicates.png"
+#: Pairs drawn in it (the HTML table lists up to MAX_ROWS).
+NEAR_DUPLICATES_DRAWN = 12
 #: The tutorial's view of one source image, drawn when :func:`write_report` is given one.
 ONE_IMAGE = "one_image.png"
 #: Longest file list shown in the HTML; manifest.csv has every row.
@@ -113,6 +118,7 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
             " and is not empty: pass --overwrite to replace its report files"
             if out.is_dir() else " and is not a folder"))
     stats, manifest = ds.stats(), ds.manifest
+    near = _near_duplicates(ds)
     means, counts = class_means(ds)
     figures = {
         "class_counts.png": plot_class_counts(stats, ds.classes, ds.splits),
@@ -127,12 +133,16 @@ def write_report(store: XrayStore | str | os.PathLike, out: str | os.PathLike, *
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=DPI)
         files.append(out / name)
+    if near is not None and near.cross_split.any():
+        fig = plot_near_duplicates(ds, near[near.cross_split], NEAR_DUPLICATES_DRAWN)
+        fig.savefig(out / NEAR_DUPLICATES, dpi=DPI)
+        files.append(out / NEAR_DUPLICATES)
     if inspect is not None:
         files.append(plot_inspect(inspect, out / ONE_IMAGE, overwrite=True,
                                   storage_options=storage_options))
     manifest.to_csv(out / "manifest.csv", index_label="sample")
     index = out / "index.html"
-    index.write_text(_html(ds, stats, manifest, seed, inspect),
+    index.write_text(_html(ds, stats, manifest, seed, inspect, near),
                      encoding="utf-8")  # last: the report
     return ReportResult(index, [*files, out / "manifest.csv", index], len(manifest),
                         int((~manifest.valid).sum()), int((manifest.qc_flags != "").sum()))
@@ -202,7 +212,8 @@ def _qc_tables(manifest: pd.DataFrame) -> str:
     return _table(summary) + _capped(files, "quality-control flags")
 
 
-_SECTIONS = {"classes": "Classes", "patients": "Patients", "intensities": "Intensities",
+_SECTIONS = {"classes": "Classes", "patients": "Patients",
+             "dups": "Near-duplicates", "intensities": "Intensities",
              "images": "Images",
              "spread": "Per-image statistics", "qc": "Quality control",
              "failed": "Failed files", "skipped": "Skipped files"}
@@ -222,6 +233,34 @@ def _patients_html(summary: dict[str, Any]) -> str:
                if len(table) else ""))
 
 
+def _near_duplicates(ds: XrayStore) -> pd.DataFrame | None:
+    """The store's near-duplicate pairs (:func:`xraybatch.dups.find`), or None without
+    fingerprints."""
+    from . import dups
+
+    return dups.find([ds]) if dups.searchable(ds) else None
+
+
+def _dups_html(near: pd.DataFrame | None) -> str:
+    """Cross-split pairs side by side, and every pair in a table."""
+    from .dups import DEFAULT_THRESHOLD
+
+    if near is None:
+        return ('<p class="note">No content fingerprints in this store (written by an older '
+                "xraybatch): ingest it again with --overwrite to search it.</p>")
+    cross = near[near.cross_split]
+    text = (f"<p>{len(near)} pairs of near-duplicate images (score &ge; {DEFAULT_THRESHOLD:.2f}"
+            f"; 1 = identical after alignment), {len(cross)} of them across splits. "
+            "<code>xraybatch dups</code> lists them; <code>xraybatch split --by content</code> "
+            "keeps each group in one split.</p>")
+    figure = (_figure_html(NEAR_DUPLICATES, f"The first {min(len(cross), NEAR_DUPLICATES_DRAWN)}"
+                           " pairs across splits, side by side (stored images).")
+              if len(cross) else "")
+    table = near.assign(score=near.score.round(3))[
+        ["score", "path_a", "split_a", "path_b", "split_b", "cross_split", "exact"]]
+    return text + figure + _capped(table, "near-duplicate pairs")
+
+
 def _h2(key: str) -> str:
     return f'<h2 id="{key}">{_SECTIONS[key]}</h2>'
 
@@ -233,7 +272,7 @@ def _figure_html(name: str, caption: str | None = None) -> str:
 
 
 def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: int,
-          inspect: str | os.PathLike | None = None) -> str:
+          inspect: str | os.PathLike | None = None, near: pd.DataFrame | None = None) -> str:
     attrs = ds.attrs
     failed = manifest.loc[~manifest.valid.to_numpy(bool), ["path", "status", "message"]]
     skipped = pd.DataFrame(attrs.get("skipped", []), columns=["path", "reason"])
@@ -274,6 +313,7 @@ def _html(ds: XrayStore, stats: dict[str, Any], manifest: pd.DataFrame, seed: in
         _table(_counts_table(stats, ds.classes, ds.splits), index=True),
         *(_finding_tables(stats) if "cooccurrence" in stats else []),
         _h2("patients"), _patients_html(stats["patients"]),
+        _h2("dups"), _dups_html(near),
         _h2("intensities"), _figure_html("histograms.png"),
         "<h3>All images</h3>", _table(stats_table({"all": stats["global"]})),
         "<h3>Per class</h3>", _table(stats_table(stats["per_class"])),

@@ -28,6 +28,10 @@ without xraybatch)::
     window_used, voi_function (sample,) str; voi_center, voi_width (sample,) float64
                                            the window actually applied (xraybatch.render)
     mean, std     (sample,)       float64  per-image pixel mean and std (0 where invalid)
+    fp_thumb      (sample, fp_y, fp_x) uint8  content fingerprint: equalised 64 x 64 thumbnail
+    fp_hash       (sample, fp_code) uint64 content fingerprint: SimHash codes (.fingerprint)
+    dup_pairs     (pair, end)     int64    verified near-duplicate pairs (a < b), written by
+    dup_score     (pair,)         float32  xraybatch.dups (attrs: rows searched, score floor)
     findings      (sample, finding) int8   multi-label stores only: 1 positive, 0 negative,
                                            -1 uncertain, -2 not stated (labels is then -1)
     finding       (finding,)      str      multi-label stores only: the finding names
@@ -56,9 +60,9 @@ from zarr import AsyncGroup
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
-from . import __version__, qc, zarrio
+from . import __version__, fingerprint, qc, zarrio
 from .location import StoreError, StoreRef
-from .lock import LOCK_NAME, busy, writer
+from .lock import LOCK_NAME, busy, locked, writer
 
 #: Arrays written once, at creation, from the scan.
 _SCAN_ARRAYS = {"labels": "int16", "split": "int8", "split_original": "int8", "path": str,
@@ -78,6 +82,15 @@ RECORD_ARRAYS: dict[str, tuple[Any, Any]] = {
     "voi_function": (str, ""),
     "mean": ("float64", 0.0), "std": ("float64", 0.0),
 }
+#: Content fingerprints computed by each chunk task from the pixels it decoded
+#: (:mod:`xraybatch.fingerprint`): name -> (shape of one row, dtype, fill, dimension names).
+FINGERPRINT_ARRAYS: dict[str, tuple[tuple[int, ...], str, Any, tuple[str, ...]]] = {
+    "fp_thumb": ((fingerprint.THUMB, fingerprint.THUMB), "uint8", 0, ("fp_y", "fp_x")),
+    "fp_hash": ((fingerprint.N_CODES,), "uint64", 0, ("fp_code",)),
+}
+#: Verified near-duplicate pairs, kept by :mod:`xraybatch.dups` so that stats need not search
+#: again: rows (a, b) and their score; the attributes of ``dup_pairs`` say what was searched.
+PAIR_ARRAYS = ("dup_pairs", "dup_score")
 #: Record arrays computed from the histograms (:func:`record_arrays`).
 _MOMENTS = ("mean", "std")
 #: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
@@ -209,7 +222,11 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
                                        **RECORD_ARRAYS}.items()},
         "chunk_done": dict(shape=(n_chunks(n, chunk),), dtype="bool", chunks=(1,),
                            fill_value=False, dimension_names=("chunk",), **own),
+        **{name: dict(shape=(n, *row), dtype=dtype, chunks=(chunk, *row), fill_value=fill,
+                      dimension_names=("sample", *dims), **common)
+           for name, (row, dtype, fill, dims) in FINGERPRINT_ARRAYS.items()},
     }
+    arrays["fp_hash"]["attributes"] = {"fingerprint_version": fingerprint.VERSION}
     arrays["labels"]["attributes"] = dict(
         flag_values=list(range(len(classes))),
         flag_meanings=" ".join(c.replace(" ", "_") for c in classes))
@@ -339,11 +356,14 @@ def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
     (:func:`xraybatch.zarrio.write_chunks`). Record chunks that hold only their fill value
     are not written at all (:func:`_all_fill`).
     """
-    arrays = zarrio.arrays_of(group, ["images", "hist", "chunk_done", *RECORD_ARRAYS])
+    # A store created before fingerprints (resumed by a newer version) has none to write.
+    prints = [name for name in FINGERPRINT_ARRAYS if name in records and name in group]
+    arrays = zarrio.arrays_of(group, ["images", "hist", "chunk_done", *RECORD_ARRAYS, *prints])
     rows, total = zarrio.rows_per_chunk(arrays["images"]), arrays["images"].shape[0]
+    fills = {**{n: fill for n, (_, fill) in RECORD_ARRAYS.items()},
+             **{n: FINGERPRINT_ARRAYS[n][2] for n in prints}}
     values = {"images": images, "hist": hist,
-              **{n: records[n] for n, (_, fill) in RECORD_ARRAYS.items()
-                 if not _all_fill(records[n], fill)}}
+              **{n: records[n] for n, fill in fills.items() if not _all_fill(records[n], fill)}}
     if start != index * rows or any(len(v) != min(rows, total - start) for v in values.values()):
         raise ValueError(f"{len(images)} rows from {start} are not chunk {index} of {rows} "
                          f"rows, or the record arrays differ in length")
@@ -486,6 +506,33 @@ def is_ours(attrs: dict[str, Any]) -> bool:
 def layout_written(attrs: dict[str, Any]) -> bool:
     """Whether :func:`create` finished (it writes the class names last)."""
     return "classes" in attrs
+
+
+def write_pairs(ref: StoreRef, pairs: np.ndarray, scores: np.ndarray,
+                key: dict[str, Any]) -> bool:
+    """Keep verified near-duplicate pairs ((P, 2) int64 rows, (P,) scores) in the store,
+    with ``key`` (what was searched) in the attributes of ``dup_pairs``.
+
+    Written under the writer lock; returns False without writing when another process
+    writes the store (an ingest or append: the pairs would be stale anyway).
+    """
+    try:
+        with locked(ref):
+            group = ref.open("r+")
+            common = dict(compressors=ZstdCodec(level=1), overwrite=True)
+            rows = max(1, min(len(pairs), 1 << 20))
+            a = group.create_array("dup_pairs", shape=pairs.shape, dtype="int64",
+                                   chunks=(rows, 2), dimension_names=("pair", "end"),
+                                   attributes=key, **common)
+            b = group.create_array("dup_score", shape=scores.shape, dtype="float32",
+                                   chunks=(rows,), dimension_names=("pair",), **common)
+            if len(pairs):
+                a[:] = pairs.astype(np.int64)
+                b[:] = scores.astype(np.float32)
+            zarrio.consolidate(group)  # readers open every array from the root zarr.json
+    except (StoreError, PermissionError, OSError):
+        return False
+    return True
 
 
 def done_chunks(group: zarr.Group) -> np.ndarray:
@@ -649,6 +696,45 @@ class XrayStore:
     def chunk(self) -> int:
         """Images per zarr chunk: reading any one image decompresses its whole chunk."""
         return int(self.attrs["chunk"])
+
+    @property
+    def has_fingerprints(self) -> bool:
+        """Whether chunk tasks stored content fingerprints (stores from 0.2 on)."""
+        return all(name in self.group for name in FINGERPRINT_ARRAYS)
+
+    @property
+    def fingerprint_version(self) -> int | None:
+        if not self.has_fingerprints:
+            return None
+        return int(self.group["fp_hash"].attrs.get("fingerprint_version", 0))
+
+    def fingerprint_codes(self) -> np.ndarray:
+        """(N, codes) uint64 SimHash codes of every row (0 where invalid)."""
+        return self.group["fp_hash"][:]
+
+    def fingerprint_thumbs(self, rows: np.ndarray) -> np.ndarray:
+        """Equalised thumbnails of ``rows`` (sorted, unique integer indices)."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return np.zeros((0, *FINGERPRINT_ARRAYS["fp_thumb"][0]), np.uint8)
+        return self.group["fp_thumb"].get_orthogonal_selection(
+            (rows, slice(None), slice(None)))
+
+    @property
+    def sha256(self) -> np.ndarray:
+        return self.group["sha256"][:]
+
+    @property
+    def paths(self) -> np.ndarray:
+        """Each row's source path, relative to ``attrs["source"]``."""
+        return self.group["path"][:]
+
+    def stored_pairs(self) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+        """Near-duplicate pairs kept by :func:`write_pairs`: (key, (P, 2) rows, (P,) scores)."""
+        if not all(name in self.group for name in PAIR_ARRAYS):
+            return None
+        pairs = self.group["dup_pairs"]
+        return dict(pairs.attrs), pairs[:], self.group["dup_score"][:]
 
     def array(self, name: str) -> zarr.Array:
         """One zarr array of the store by name (for readers that page through it)."""
