@@ -252,6 +252,27 @@ def test_synthetic_planted_copies_found(synth_small: Path, tmp_path: Path) -> No
     assert planted <= found
 
 
+def test_split_by_content_leaves_no_pair_and_no_patient_across_splits(
+        synth_small: Path, tmp_path: Path, capsys) -> None:
+    """The recipe: planted copies cross splits; after ``split --by patient,content`` neither
+    a near-duplicate pair nor a patient is in two splits (stats, stats --strict, dups)."""
+    ds, truth, _ = _planted_store(synth_small, tmp_path, "recipe", per_kind=1)
+    assert main(["stats", ds.ref.url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["near_duplicates"]["cross_split"] >= len(truth)
+    assert main(["split", ds.ref.url, "--by", "patient,content", "--seed", "2"]) == 0
+    capsys.readouterr()
+    assert main(["stats", ds.ref.url, "--json", "--strict"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["near_duplicates"]["cross_split"] == 0 and stats["near_duplicates"]["pairs"]
+    assert stats["patients"]["in_several_splits"]["count"] == 0
+    assert main(["dups", ds.ref.url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["cross_split"] == [] and len(out["pairs"]) >= len(truth)
+    # independently of dups: every planted original sits in its copy's split
+    split = dict(zip(ds.paths, xraybatch.open(ds.ref.url).split, strict=True))
+    assert all(split[o] == split[c] for o, c in zip(truth.original, truth["copy"], strict=True))
+
+
 def test_a_store_without_fingerprints_is_refused_in_one_line(synth_small: Path,
                                                              tmp_path: Path, capsys) -> None:
     out = tmp_path / "old.zarr"

@@ -4,7 +4,6 @@ stratification, the store's records, and the readers that follow the new split."
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -241,15 +240,6 @@ def test_content_and_patient_groups_are_joined(tmp_path: Path, monkeypatch, caps
     joined = reference_components(splits.patient_partition(ids), content)
     assert (pd.Series(split).groupby(joined).nunique() == 1).all()
     assert xraybatch.open(str(out)).attrs["split_assignment"]["by"] == ["patient", "content"]
-
-
-def test_content_needs_the_dups_module(tmp_path: Path, monkeypatch, capsys) -> None:
-    ids, label = small_groups(50, 0)
-    out = make_store(tmp_path / "c.zarr", ids, label, leaky_split(50, 0))
-    if importlib.util.find_spec("xraybatch.dups") is not None:
-        pytest.skip("xraybatch.dups is present")
-    code, _, err = cli(capsys, "split", out, "--by", "content")
-    assert code == 2 and "xraybatch.dups" in err and len(err.strip().splitlines()) == 1
 
 
 # --- --keep, seeds, --restore ---------------------------------------------------------------

@@ -141,17 +141,9 @@ def content_groups(ds: XrayStore, threshold: float | None = None) -> np.ndarray:
     >>> content_groups(xraybatch.open("xray.zarr"))[:4]  # doctest: +SKIP
     array([0, 1, 1, 2])
     """
-    try:
-        from .dups import duplicate_groups
-    except ModuleNotFoundError as e:  # (an import error inside dups propagates as it is)
-        if e.name != f"{__package__}.dups":
-            raise
-        raise StoreError("--by content needs xraybatch.dups (content fingerprints), which "
-                         "this build lacks; use --by patient") from None
-    groups = np.asarray(duplicate_groups(ds, threshold), dtype=np.int64)
-    if groups.shape != (len(ds),):
-        raise RuntimeError(f"duplicate_groups gave {groups.shape} groups for {len(ds)} rows")
-    return groups
+    from .dups import duplicate_groups  # the search's imports, only when content is asked for
+
+    return duplicate_groups(ds, threshold)
 
 
 def groups_of(ds: XrayStore, by: tuple[str, ...], threshold: float | None = None
