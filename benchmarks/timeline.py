@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from workloads import system_busy  # a sibling script: benchmarks/ is on sys.path
+from meter import system_busy  # a sibling script: benchmarks/ is on sys.path
 
 import xraybatch
 from xraybatch import decode, store

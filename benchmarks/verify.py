@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from meter import Meter  # noqa: E402
 from run import replicate, warm_cache  # noqa: E402
-from workloads import Meter  # noqa: E402
 
 import xraybatch  # noqa: E402
 from xraybatch import store  # noqa: E402

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 _LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
          "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth",
          "verify": "verify", "VerifyResult": "verify"}
-_SUBMODULES = ("cli", "decode", "figures", "options", "phantom", "progress", "qc", "report",
-               "splits", "stats", "store", "synth", "torch_dataset", "zarrio")
+_SUBMODULES = ("cli", "decode", "dups", "figures", "findings", "fingerprint", "options",
+               "phantom", "progress", "qc", "report", "splits", "stats", "store", "synth",
+               "torch_dataset", "zarrio")
 
 
 def __getattr__(name: str) -> Any:

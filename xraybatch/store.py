@@ -61,6 +61,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
 
 from . import __version__, fingerprint, qc, zarrio
+from .findings import FINDING_FLAGS, joined
 from .location import StoreError, StoreRef
 from .lock import LOCK_NAME, busy, locked, writer
 
@@ -93,8 +94,6 @@ FINGERPRINT_ARRAYS: dict[str, tuple[tuple[int, ...], str, Any, tuple[str, ...]]]
 PAIR_ARRAYS = ("dup_pairs", "dup_score")
 #: Record arrays computed from the histograms (:func:`record_arrays`).
 _MOMENTS = ("mean", "std")
-#: Findings matrix values (multi-label stores), as CF flags; see xraybatch.sources.tables.
-FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
 #: Bytes-to-bytes codecs of the ``images`` array: no compression, a CRC-32C checksum that
 #: zarr checks on every read (see :func:`create`).
 IMAGES_COMPRESSORS: Any = Crc32cCodec()
@@ -684,9 +683,7 @@ class XrayStore:
         """Class of each sample; for multi-label stores its positive findings as ``A|B``."""
         if not self.multilabel:
             return np.asarray(self.classes, dtype=object)[self.labels]
-        from .sources.tables import _joined
-
-        return _joined(self.findings, self.classes)
+        return joined(self.findings, self.classes)
 
     @property
     def valid(self) -> np.ndarray:

@@ -43,7 +43,7 @@ def join(root: str, rel: str) -> str:
 
 def remote_fs(url: str, storage_options: dict | None = None):
     """The fsspec filesystem and bare path of a URL, naming the extra to install if needed."""
-    from ..store import StoreRef  # the store's backend check names the missing extra
+    from ..location import StoreRef  # its backend check names the missing extra
 
     return StoreRef(url, dict(storage_options or {})).fs()
 

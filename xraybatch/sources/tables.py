@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from ..findings import joined
 from . import TABLE_PRESETS, listing
 
 #: Values of the findings matrix and what they mean.
@@ -311,7 +312,7 @@ def scan_table(table: str, root: str | None = None, columns: Columns | None = No
         manifest["label"] = manifest.class_name.map({c: i for i, c in enumerate(classes)})
     else:
         findings = pd.DataFrame(matrix[kept], columns=classes)
-        manifest["class_name"] = _joined(findings.to_numpy(), classes)
+        manifest["class_name"] = joined(findings.to_numpy(), classes)
         manifest["label"] = -1
     manifest["bytes"] = paths.attrs["sizes"][kept]
     manifest["patient_id"] = _patients(frame, columns, rel)[kept].to_numpy(object)
@@ -473,19 +474,6 @@ def _findings(frame: pd.DataFrame, columns: Columns) -> tuple[np.ndarray, list[s
         else:
             rows[i, cols] = 1
     return rows[codes], classes, pd.Series(unparsed[codes], index=frame.index)
-
-
-def _joined(matrix: np.ndarray, classes: list[str]) -> np.ndarray:
-    """The positive findings of each row as ``A|B`` ("" for none), for the manifest."""
-    names = np.asarray(classes, dtype=object)
-    positive = matrix == 1
-    if len(classes) < 63:  # each set of findings as one integer: join each distinct set once
-        sets, inverse = np.unique(positive @ (1 << np.arange(len(classes), dtype=np.int64)),
-                                  return_inverse=True)
-        bits = (sets[:, None] >> np.arange(len(classes))) & 1 == 1
-    else:
-        bits, inverse = np.unique(positive, axis=0, return_inverse=True)
-    return np.array(["|".join(names[b]) for b in bits], dtype=object)[inverse.ravel()]
 
 
 def _patients(frame: pd.DataFrame, columns: Columns, paths: pd.Series) -> pd.Series:
