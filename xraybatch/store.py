@@ -29,10 +29,17 @@ without xraybatch)::
                                            -1 uncertain, -2 not stated (labels is then -1)
     finding       (finding,)      str      multi-label stores only: the finding names
     chunk_done    (chunk,)        bool     written last by each chunk task (resume)
+    stats_partials/   (subgroup)           integer sums behind ``stats`` for the rows it
+                                           covers (:func:`write_partials`)
 
 Group attributes hold the class and split names, size, interpolation, decode mode, source
 root, package version, creation time and ``complete``, which is written last: a store
-without ``complete: true`` is from an interrupted run.
+without ``complete: true`` is from an interrupted run. Format 2 (``format_version: 2``) adds
+``version`` and ``history`` (one entry per ingest and append, :func:`record_history`) and
+``n_images``, the committed rows: the root ``zarr.json`` (attributes and consolidated
+metadata, one atomic write) is the commit point of an append (:func:`commit`), so readers
+of the consolidated metadata see the last complete version while ``append_pending``
+records an append in progress.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import warnings
 from typing import Any
 
 import numpy as np
@@ -50,6 +58,7 @@ import zarr
 from zarr import AsyncGroup
 from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
+from zarr.errors import ZarrUserWarning
 
 from . import __version__, qc, zarrio
 from .location import StoreError, StoreRef
@@ -79,6 +88,12 @@ _MOMENTS = ("mean", "std")
 FINDING_FLAGS = {-2: "not_stated", -1: "uncertain", 0: "negative", 1: "positive"}
 #: Compressors of the ``images`` array: none (see :func:`create`).
 IMAGES_COMPRESSORS = None
+#: Store layout version: 2 adds version/history, committed rows and statistics partials.
+FORMAT_VERSION = 2
+#: Subgroup holding the statistics partials, one child per committed version.
+PARTIALS = "stats_partials"
+#: Attributes that must match for an append: what defines the pixels (and the patient ids).
+PIXEL_KEYS = ("size", "interpolation", "decode", "window", "fit", "max_pixels")
 
 
 def n_chunks(n: int, chunk: int) -> int:
@@ -199,14 +214,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         flag_meanings=" ".join(c.replace(" ", "_") for c in classes))
     arrays["split"]["attributes"] = dict(flag_values=list(range(len(splits))),
                                          flag_meanings=" ".join(splits))
-    scanned = {
-        "labels": manifest.label.to_numpy(np.int16),
-        "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
-        "path": manifest.path.to_numpy(dtype=object),
-        "file_bytes": manifest.bytes.to_numpy(np.int64),
-        "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
-                       else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
-    }
+    scanned = scan_values(manifest, manifest.label.to_numpy(np.int16), splits)
     if findings is not None:
         _findings_arrays(arrays, scanned, findings, chunk, common)
     sync(_create_arrays(group._async_group, arrays, scanned))
@@ -215,11 +223,30 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         **attrs, **({"label_kind": "multi"} if findings is not None else {}),
         "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "created": _now(), "format_version": FORMAT_VERSION, "version": 0, "history": [],
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
     # The arrays' metadata never changes after this.
     return zarrio.consolidate(group)
+
+
+def scan_values(manifest: pd.DataFrame, labels: np.ndarray, splits: list[str],
+                findings: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The arrays written from the scan (not by chunk tasks) for the rows of ``manifest``,
+    ``labels`` already numbered in the store's class list, ``split`` in ``splits``;
+    ``findings`` ((N, C) int8) for an append to a multi-label store."""
+    return {**({} if findings is None else {"findings": np.asarray(findings, np.int8)}),
+        "labels": np.asarray(labels, np.int16),
+        "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
+        "path": manifest.path.to_numpy(dtype=object),
+        "file_bytes": manifest.bytes.to_numpy(np.int64),
+        "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
+                       else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def scan_chunk(chunk: int, n: int) -> int:
@@ -296,35 +323,50 @@ def open_for_chunks(ref: StoreRef) -> zarr.Group:
     Opening parses the consolidated metadata of every array (~4 ms, a fifth of a chunk's
     write), so each process keeps the group it opened last. A local store's root
     ``zarr.json`` is rewritten whenever the store is created or its attributes change,
-    which changes the key; remote stores are opened every time.
+    which changes the key; remote stores are opened every time. During an append the
+    consolidated metadata still describes the last committed version, so the arrays are
+    opened from their own metadata, which has the grown shapes (:func:`open_pending`).
     """
     if not ref.is_local:
-        return ref.open("r+")
+        return _writable(ref)
     meta = os.stat(os.path.join(ref.local_path, "zarr.json"))
     key = (os.path.abspath(ref.local_path), meta.st_ino, meta.st_mtime_ns, meta.st_size)
     group = _OPENED.get(key)
     if group is None:
-        group = ref.open("r+")
+        group = _writable(ref)
         _OPENED.clear()
         _OPENED[key] = group
     return group
 
 
+def _writable(ref: StoreRef) -> zarr.Group:
+    group = ref.open("r+")
+    return open_pending(ref) if APPEND_PENDING in group.attrs else group
+
+
+def open_pending(ref: StoreRef) -> zarr.Group:
+    """The store opened for an append: every array read from its own metadata (the shapes
+    being written), not from the consolidated metadata (the last committed version)."""
+    return ref.open("r+", use_consolidated=False)
+
+
 def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
-                hist: np.ndarray, records: dict[str, np.ndarray]) -> None:
+                hist: np.ndarray, records: dict[str, np.ndarray], every_array: bool = False
+                ) -> None:
     """Write one chunk's region of every per-image array, then mark the chunk done.
 
     Writing whole chunks only makes the write idempotent: a retried or resumed task
     rewrites the same bytes, and concurrent tasks never share a chunk. All the files of the
     chunk are stored in one trip through zarr's event loop, encoded in the calling thread
     (:func:`xraybatch.zarrio.write_chunks`). Record chunks that hold only their fill value
-    are not written at all (:func:`_all_fill`).
+    are not written at all (:func:`_all_fill`), unless ``every_array``: a chunk completed by
+    an append replaces files that an abandoned append may have written.
     """
     arrays = zarrio.arrays_of(group, ["images", "hist", "chunk_done", *RECORD_ARRAYS])
     rows, total = zarrio.rows_per_chunk(arrays["images"]), arrays["images"].shape[0]
     values = {"images": images, "hist": hist,
               **{n: records[n] for n, (_, fill) in RECORD_ARRAYS.items()
-                 if not _all_fill(records[n], fill)}}
+                 if every_array or not _all_fill(records[n], fill)}}
     if start != index * rows or any(len(v) != min(rows, total - start) for v in values.values()):
         raise ValueError(f"{len(images)} rows from {start} are not chunk {index} of {rows} "
                          f"rows, or the record arrays differ in length")
@@ -350,12 +392,213 @@ def _all_fill(values: np.ndarray, fill: Any) -> bool:
     return bool((values == fill).all())
 
 
-def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
-    """Written last: from now on the store reads as complete."""
-    group.update_attributes({"summary": summary, "complete": True, "completed":
-                             _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
-    if group.metadata.consolidated_metadata is None:  # the group was opened without it
-        zarrio.consolidate(group)  # (create() consolidates; the arrays never change afterwards)
+def mark_complete(group: zarr.Group, summary: dict[str, Any],
+                  entry: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+                  ) -> None:
+    """Written last, with the consolidated metadata, in one write of the root ``zarr.json``:
+    from now on the store reads as complete.
+
+    ``entry`` (format 2) is its history entry (:func:`record_history`); ``extra`` more
+    attributes (:func:`write_partials`' reference to the statistics partials).
+    """
+    attrs = {"summary": summary, "complete": True, "completed": _now(), **(extra or {})}
+    if entry is not None and "history" in group.attrs:
+        attrs |= history_attrs(dict(group.attrs), entry)
+    zarrio.consolidate(group, attrs)
+
+
+# --- versions, history and appends ----------------------------------------------------------
+
+#: Attribute recording an append in progress (the store reads as its last committed version).
+APPEND_PENDING = "append_pending"
+#: Attribute naming the statistics partials of the committed rows.
+PARTIALS_ATTR = "stats_partials"
+
+
+def history_attrs(attrs: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The ``version`` and ``history`` attributes once ``entry`` is recorded (not written).
+
+    ``entry`` gives ``action`` ("ingest", "append", "split"), ``source`` and ``rows``
+    ``[start, stop]``; the time, the next version and the package version are filled in.
+
+    Examples
+    --------
+    >>> out = history_attrs({"version": 1, "history": [{}]}, {"action": "append",
+    ...                     "source": "/data", "rows": [10, 12]})
+    >>> out["version"], out["history"][-1]["version"], len(out["history"])
+    (2, 2, 2)
+    """
+    version = int(attrs.get("version", 0)) + 1
+    full = {"action": entry.get("action"), "when": _now(), "source": entry.get("source"),
+            "rows": list(entry.get("rows", [])), **entry, "version": version,
+            "xraybatch_version": __version__}
+    return {"version": version, "history": [*attrs.get("history", []), full]}
+
+
+def record_history(group: zarr.Group, entry: dict[str, Any]) -> dict[str, Any]:
+    """Record ``entry`` (see :func:`history_attrs`) and bump ``version``: one write of the
+    root ``zarr.json`` (its consolidated metadata kept). Returns the entry as recorded.
+
+    Examples
+    --------
+    >>> record_history(group, {"action": "split", "source": "by patient",
+    ...                        "rows": [0, 1488]})["version"]  # doctest: +SKIP
+    2
+    """
+    attrs = history_attrs(dict(group.attrs), entry)
+    group.update_attributes(attrs)
+    return attrs["history"][-1]
+
+
+def format_version(attrs: dict[str, Any]) -> int:
+    """1 for stores written before format 2 (no ``format_version`` attribute)."""
+    return int(attrs.get("format_version", 1))
+
+
+def sample_arrays(group: zarr.Group) -> list[str]:
+    """Every array with one row per image (first dimension ``sample``): what an append grows.
+    """
+    with warnings.catch_warnings():  # (a listing also meets the lock file: known)
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        return [name for name, array in group.arrays()
+                if (array.metadata.dimension_names or (None,))[0] == "sample"]
+
+
+def begin_append(group: zarr.Group, pending: dict[str, Any]) -> None:
+    """Record the append in progress; the consolidated metadata (what readers see) is kept."""
+    group.update_attributes({APPEND_PENDING: pending})
+
+
+def grow(group: zarr.Group, n_old: int, n_new: int, classes: list[str], splits: list[str],
+         discard: bool) -> None:
+    """Give every per-image array ``n_new`` rows in its own metadata (readers of the
+    consolidated metadata still see ``n_old``), and the class and split lists.
+
+    ``discard``: first cut every array back to ``n_old`` rows, which deletes the chunks an
+    abandoned append wrote beyond them (zarr's resize removes chunks outside the shape).
+    ``group`` is opened with :func:`open_pending`.
+    """
+    chunk = int(group.attrs["chunk"])
+    shapes = {name: (n_new, *group[name].shape[1:]) for name in sample_arrays(group)}
+    shapes["chunk_done"] = (n_chunks(n_new, chunk),)
+    old = {name: (n_old, *shape[1:]) for name, shape in shapes.items()}
+    old["chunk_done"] = (n_chunks(n_old, chunk),)
+
+    async def resize(name: str) -> None:
+        array = await group._async_group.getitem(name)
+        if discard and array.shape != old[name]:
+            await array.resize(old[name])
+        await array.resize(shapes[name])
+
+    async def run() -> None:
+        await asyncio.gather(*(resize(name) for name in shapes))
+
+    sync(run())
+    group["labels"].update_attributes(dict(
+        flag_values=list(range(len(classes))),
+        flag_meanings=" ".join(c.replace(" ", "_") for c in classes)))
+    for name in ("split", "split_original"):
+        if name in group:
+            group[name].update_attributes(dict(flag_values=list(range(len(splits))),
+                                               flag_meanings=" ".join(splits)))
+
+
+def write_rows(group: zarr.Group, start: int, values: dict[str, np.ndarray]) -> None:
+    """Write rows ``start:`` of the arrays in ``values`` (zarr reads and rewrites a partly
+    filled chunk whole; each file write is atomic, and the rows before ``start`` keep their
+    values, so a reader of the previous version reads the same rows from either file).
+
+    ``split_original`` (written at creation) follows ``split`` when the store has it.
+    """
+    if "split_original" in group and "split" in values:
+        values = {"split_original": values["split"], **values}
+
+    async def put(name: str, v: np.ndarray) -> None:
+        array = zarrio.whole_chunks(await group._async_group.getitem(name))
+        await array.setitem(slice(start, start + len(v)), v)
+
+    async def run() -> None:
+        await asyncio.gather(*(put(name, v) for name, v in values.items()))
+
+    sync(run())
+
+
+def held_files(group: zarr.Group, n: int) -> pd.DataFrame:
+    """``path`` and ``file_bytes`` of the first ``n`` (committed) rows."""
+    return pd.DataFrame({"path": group["path"][:n], "file_bytes": group["file_bytes"][:n]})
+
+
+def keep_rows(group: zarr.Group, start: int, keep: int, images: np.ndarray, hist: np.ndarray,
+              records: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The stored rows ``start:start + keep`` of a chunk followed by the new rows given:
+    an append completes the store's last, partly filled chunk with the stored rows as they
+    are (their source files are not read again)."""
+    stop = start + keep
+
+    def joined(name: str, new: np.ndarray) -> np.ndarray:
+        return np.concatenate([group[name][start:stop].astype(new.dtype), new])
+
+    return (joined("images", images), joined("hist", hist),
+            {name: joined(name, values) for name, values in records.items()})
+
+
+def commit(group: zarr.Group, attrs: dict[str, Any]) -> zarr.Group:
+    """Commit an append: the attributes (``n_images``, ``version``, ``history``...) and the
+    consolidated metadata of the grown arrays in one atomic write of the root ``zarr.json``;
+    ``append_pending`` is dropped. Before it, readers see the previous version, after it the
+    new one."""
+    return zarrio.consolidate(group, attrs, drop=(APPEND_PENDING,))
+
+
+def write_partials(group: zarr.Group, sums: dict[str, np.ndarray], meta: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """Store statistics partials (integer sums over rows ``0:meta["rows"]``) in a new child
+    of the ``stats_partials`` subgroup; return the attribute to commit that names them.
+
+    Children not named by the committed attributes (left by an earlier version) are deleted
+    first; the committed one stays until the commit replaces it, so a reader of the previous
+    version keeps its partials.
+    """
+    name = f"r{meta['rows']}_{meta['token'][:16]}"
+    committed = (group.attrs.get(PARTIALS_ATTR) or {}).get("group", "")
+    parent = group.require_group(PARTIALS)
+    store_ = group.store
+    for child in sync(_list_dir(store_, PARTIALS)):
+        if f"{PARTIALS}/{child}" not in (committed, f"{PARTIALS}/{name}"):
+            sync(store_.delete_dir(f"{PARTIALS}/{child}"))
+    child = parent.create_group(name, overwrite=True)
+    for key, values in sums.items():
+        array = child.create_array(key, shape=values.shape, dtype="int64",
+                                   chunks=values.shape or (1,), fill_value=0,
+                                   compressors=ZstdCodec(level=1))
+        array[...] = values
+    return {PARTIALS_ATTR: {**meta, "group": f"{PARTIALS}/{name}"}}
+
+
+async def _list_dir(store_: Any, prefix: str) -> list[str]:
+    return [key async for key in store_.list_dir(prefix) if key != "zarr.json"]
+
+
+def partial_inputs(group: zarr.Group) -> dict[str, Any]:
+    """What :func:`xraybatch.stats.sums_with` reads, for every row of a group being written
+    (the histograms and findings as zarr arrays, read later only where needed)."""
+    n = int(group["labels"].shape[0])
+    return {"hist": group["hist"], "findings": group["findings"] if "findings" in group else None,
+            "labels": group["labels"][:n], "split": group["split"][:n],
+            "valid": group["valid"][:n]}
+
+
+def read_partials(group: zarr.Group) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The committed statistics partials (their metadata and sums), or None."""
+    meta = group.attrs.get(PARTIALS_ATTR)
+    if not meta:
+        return None
+    try:
+        child = group[meta["group"]]
+        return meta, {key: np.asarray(array[...]) for key, array in child.arrays()}
+    except (KeyError, FileNotFoundError):
+        return None
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
@@ -578,6 +821,20 @@ class XrayStore:
         scanned = g["patient_id"][:] if "patient_id" in g else np.full(n, "", object)
         header = g["dicom_patient_id"][:] if "dicom_patient_id" in g else np.full(n, "", object)
         return np.where(header != "", header, scanned).astype(object)
+
+    def stats_partials(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The stored statistics partials (see :func:`read_partials`), or None."""
+        return read_partials(self.group)
+
+    @property
+    def version(self) -> int:
+        """The store's version: 1 after its ingest, +1 per append (0 for format 1)."""
+        return int(self.attrs.get("version", 0))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per ingest and append: action, when, source, rows, version."""
+        return list(self.attrs.get("history", []))
 
     def stats(self) -> dict[str, Any]:
         """Exact global, per-class and per split x class statistics (see :mod:`.stats`)."""
