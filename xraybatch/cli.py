@@ -277,6 +277,9 @@ def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
     words = [w for w in (sys.argv[1:] if argv is None else argv)
              if not (w.startswith("--o") and "--overwrite".startswith(w))]
     command = shlex.join(["xraybatch", *words, *([] if args.resume else ["--resume"])])
+    if getattr(args, "append", False):
+        return (f"; {args.out} reads as its previous version, finish the append with: "
+                f"{command}")
     return f"; {args.out} is incomplete, finish it with: {command}"
 
 

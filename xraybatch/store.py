@@ -163,8 +163,9 @@ def _check_replaceable(ref: StoreRef, overwrite: bool) -> None:
     if not ref.exists() or _is_empty(ref):
         return
     if not overwrite:
-        raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it "
-                         "or --resume to finish an interrupted run")
+        raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it, "
+                         "--append to add the files it does not hold or --resume to finish "
+                         "an interrupted run")
     if ref.is_local and "zarr.json" not in os.listdir(ref.local_path):
         raise StoreError(f"{ref.url} exists and is not a zarr store; refusing to overwrite it")
 
@@ -584,7 +585,7 @@ def partial_inputs(group: zarr.Group) -> dict[str, Any]:
     """What :func:`xraybatch.stats.sums_with` reads, for every row of a group being written
     (the histograms and findings as zarr arrays, read later only where needed)."""
     n = int(group["labels"].shape[0])
-    return {"hist": group["hist"], "findings": group["findings"] if "findings" in group else None,
+    return {"hist": group["hist"], "findings": group.get("findings"),
             "labels": group["labels"][:n], "split": group["split"][:n],
             "valid": group["valid"][:n]}
 
