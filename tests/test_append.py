@@ -248,8 +248,12 @@ def test_stats_after_append_read_no_old_histogram(grown, monkeypatch):
     ds = xraybatch.open(str(grown["appended"]))
     meta, sums = ds.stats_partials()
     assert meta["rows"] == len(ds) and sums["hist"].sum() == ds.hist.sum().compute()
+    read: list[int] = []
+    ids = store.XrayStore.patient_ids
+    monkeypatch.setattr(store.XrayStore, "patient_ids",
+                        lambda self, start=0: read.append(start) or ids(self, start))
     ds.stats()
-    assert rows == [0]  # the partials cover every committed row
+    assert rows == [] and read == []  # the partials cover every committed row
 
 
 def test_changed_split_assignment_invalidates_partials(grown, tmp_path, monkeypatch):
@@ -274,13 +278,19 @@ def test_partials_cover_a_prefix(grown, monkeypatch):
     old = xraybatch.open(str(grown["old"]))
     stored = old.stats_partials()
     full, meta = stats.sums_with(ds.array("hist"), None, ds.labels, ds.split, ds.valid,
-                                 ds.classes, ds.splits, None)
+                                 ds.classes, ds.splits, None, ds.patient_ids)
     rows = _rows_reduced(monkeypatch)
     extended, meta2 = stats.sums_with(ds.array("hist"), None, ds.labels, ds.split, ds.valid,
-                                      ds.classes, ds.splits, stored)
+                                      ds.classes, ds.splits, stored, ds.patient_ids)
     assert rows == [len(ds) - len(old)] and meta == meta2
+    order = np.argsort(full["patient_ids"])
+    assert full["patient_ids"].tolist()  # (Kermany names: patients from the file names)
     for key in full:
-        np.testing.assert_array_equal(full[key], extended[key])
+        x, y = full[key], extended[key]
+        if key.startswith("patient_"):  # the same patients, listed in another order
+            x, y = x[order], y[np.argsort(y if key == "patient_ids" else
+                                          extended["patient_ids"])]
+        np.testing.assert_array_equal(x, y, err_msg=key)
 
 
 # --- table input --------------------------------------------------------------------------------

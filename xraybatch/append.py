@@ -34,7 +34,15 @@ import numpy as np
 import pandas as pd
 
 from . import lock, store
-from .ingest import ChunkReport, IngestResult, build_tasks, compute, connected, write_partials
+from .ingest import (
+    ChunkReport,
+    IngestResult,
+    build_tasks,
+    compute,
+    connected,
+    prepared,
+    write_partials,
+)
 from .scan import Scan
 from .store import StoreError, StoreRef
 
@@ -222,12 +230,19 @@ def append(found: Scan, ref: StoreRef, given: dict[str, Any], *, scheduler: Any 
             store.begin_append(group, {"rows": [todo.n_old, todo.n_new], "token": todo.token(),
                                        "started": datetime.now(UTC).isoformat("T", "seconds")})
         pending_group = store.open_pending(ref)
-        store.grow(pending_group, todo.n_old, todo.n_new, todo.classes, todo.splits,
-                   discard=not resume)
-        store.write_rows(pending_group, todo.n_old,
-                         store.scan_values(todo.new, todo.labels, todo.splits, todo.findings))
-        reports = _run(ref, pending_group, todo, attrs, given, target, workers, progress,
-                       retries, resume, source_options or {})
+
+        def prepare() -> None:
+            store.grow(pending_group, todo.n_old, todo.n_new, todo.classes, todo.splits,
+                       discard=not resume)
+            store.write_rows(pending_group, todo.n_old, store.scan_values(
+                todo.new, todo.labels, todo.splits, todo.findings))
+
+        if resume:  # which chunks are done is read from the grown arrays
+            prepare()
+        # Otherwise the arrays grow while the first chunks decode (ingest's creation too).
+        with prepared(ref, target, (lambda: None) if resume else prepare):
+            reports = _run(ref, pending_group, todo, attrs, given, target, workers, progress,
+                           retries, resume, source_options or {})
         result = _result(ref, found, todo, attrs, reports, t0, int(attrs["version"]) + 1)
         partials = write_partials(pending_group, todo.classes, todo.splits,
                                   store.read_partials(group))
@@ -248,9 +263,8 @@ def _run(ref: StoreRef, group: Any, todo: Plan, attrs: dict[str, Any], given: di
     chunk of the old rows, whose ``chunk_done`` predates the append); all checked written."""
     chunk = int(attrs["chunk"])
     first, last = todo.n_old // chunk, store.n_chunks(todo.n_new, chunk)
-    done = store.done_chunks(group)
-    chunks = [i for i in range(first, last)
-              if not (resume and done[i] and i * chunk >= todo.n_old)]
+    done = store.done_chunks(group) if resume else np.zeros(last, bool)
+    chunks = [i for i in range(first, last) if not (done[i] and i * chunk >= todo.n_old)]
     # Rows before n_old are kept from the store: their paths are never read.
     paths = [""] * todo.n_old + todo.new.path.tolist()
     weights = [0] * todo.n_old + todo.new.bytes.tolist()

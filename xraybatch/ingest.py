@@ -136,6 +136,24 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
 _CREATING: dict[str, Future] = {}
 
 
+@contextmanager
+def prepared(ref: StoreRef, target: Any, prepare: Any) -> Iterator[None]:
+    """Run ``prepare()`` (what the chunk tasks' writes need: an append grows the arrays)
+    while the first chunks decode when the tasks run in this process, else before them;
+    the block runs the tasks, and ``prepare``'s error, if any, is raised after them."""
+    if target not in ("threads", "sync"):
+        prepare()
+        yield
+        return
+    with ThreadPoolExecutor(1) as pool:
+        _CREATING[ref.url] = future = pool.submit(prepare)
+        try:
+            yield
+        finally:
+            _CREATING.pop(ref.url, None)
+        future.result()
+
+
 def run_chunk(task: ChunkTask) -> ChunkReport:
     """The Dask task: decode one chunk and write it into the store."""
     # Dask already runs one task per core; OpenCV's own pool would oversubscribe them.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -208,45 +209,67 @@ def _padded(sums: dict[str, np.ndarray], n_split: int, n_class: int, multi: bool
 
 def sums_with(hist, findings, labels: np.ndarray, split: np.ndarray, valid: np.ndarray,
               classes: list[str], splits: list[str],
-              stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None
-              ) -> tuple[Sums, dict[str, Any]]:
-    """The sums of every row (``len(labels)``), reusing ``stored`` partials for the rows they
-    cover when those rows still hash to their token; and the metadata to store them with.
+              stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None,
+              patient_ids: Callable[[int], np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                  dict[str, Any]]:
+    """The sums of every row (``len(labels)``) and their patient table
+    (:func:`xraybatch.patients.table`), reusing ``stored`` partials for the rows they cover
+    when those rows still hash to their token; and the metadata to store them with.
 
-    ``hist`` and ``findings`` are zarr arrays (at least ``len(labels)`` rows); only the
-    histograms of uncovered rows are read. Integer sums: the same values in any order.
+    ``hist`` and ``findings`` are zarr arrays (at least ``len(labels)`` rows);
+    ``patient_ids(start)`` gives the patient of rows ``start:``. Only the histograms and
+    patients of uncovered rows are read. Integer sums: the same values in any order.
     """
     import dask.array as da
 
     n, multi = len(labels), findings is not None
     f_all = findings[:n] if multi else None
-    start, base = 0, None
+    start, base, people = 0, None, None
     if stored is not None:
         meta, sums = stored
         rows = int(meta["rows"])
         if (rows <= n and bool(meta.get("multi")) == multi
+                and set(patients.TABLE_KEYS) <= set(sums)
                 and list(meta["classes"]) == classes[:len(meta["classes"])]
                 and list(meta["splits"]) == splits[:len(meta["splits"])]
                 and meta["token"] == assignment_token(labels[:rows], split[:rows], valid[:rows],
                                                       None if f_all is None else f_all[:rows])):
-            start, base = rows, _padded(sums, len(splits), len(classes), multi)
+            start = rows
+            base = _padded({k: v for k, v in sums.items() if k not in patients.TABLE_KEYS},
+                           len(splits), len(classes), multi)
+            people = {k: sums[k] for k in patients.TABLE_KEYS}
     labels, split = labels.astype(np.int64), split.astype(np.int64)
+    rows_valid = valid[start:]
+    new_people = patients.table(patient_ids(start)[rows_valid] if start < n
+                                else np.zeros(0, object), split[start:][rows_valid],
+                                np.zeros(int(rows_valid.sum()), np.int64) if multi
+                                else labels[start:][rows_valid],
+                                len(splits), 1 if multi else len(classes))
+    people = new_people if people is None else patients.merge(people, new_people)
     chunks = (hist.chunks[0], 256)
+    if base is not None and start == n:  # nothing to add: no graph to build and run
+        return {**base, **people}, _meta(labels, split, valid, f_all, multi, classes, splits)
     rest = _reduce(da.from_zarr(hist, chunks=chunks)[start:n],
                    da.from_zarr(findings, chunks=(chunks[0], findings.shape[1]))[start:n]
                    if multi else None,
                    labels[start:], split[start:], valid[start:], len(classes), len(splits))
-    meta = {"rows": n, "token": assignment_token(labels, split, valid, f_all), "multi": multi,
-            "classes": list(classes), "splits": list(splits)}
-    return (rest if base is None else base + rest), meta
+    return ({**(rest if base is None else base + rest), **people},
+            _meta(labels, split, valid, f_all, multi, classes, splits))
 
 
-def _sums(store) -> Sums:
+def _meta(labels: np.ndarray, split: np.ndarray, valid: np.ndarray, findings: np.ndarray | None,
+          multi: bool, classes: list[str], splits: list[str]) -> dict[str, Any]:
+    """What stored partials are keyed by: the rows they cover and the assignment's token."""
+    return {"rows": len(labels), "token": assignment_token(labels, split, valid, findings),
+            "multi": multi, "classes": list(classes), "splits": list(splits)}
+
+
+def _sums(store, labels: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
     """The sums of an :class:`~.store.XrayStore`: its partials plus the rows they miss."""
     return sums_with(store.array("hist"),
                      store.array("findings") if store.multilabel else None,
-                     store.labels, store.split, store.valid, store.classes, store.splits,
-                     store.stats_partials())[0]
+                     labels, store.split, valid, store.classes, store.splits,
+                     store.stats_partials(), store.patient_ids)[0]
 
 
 def compute(store) -> dict[str, Any]:
@@ -258,8 +281,8 @@ def compute(store) -> dict[str, Any]:
     if store.multilabel:
         return compute_multilabel(store)
     classes, splits = store.classes, store.splits
-    labels, split, valid = store.labels.astype(np.int64), store.split.astype(np.int64), store.valid
-    sums = _sums(store)
+    labels, valid = store.labels, store.valid
+    sums = _sums(store, labels, valid)
     table, counts = sums["hist"], sums["counts"]
     class_counts = {c: int(counts[:, i].sum()) for i, c in enumerate(classes)}
     return {
@@ -270,10 +293,7 @@ def compute(store) -> dict[str, Any]:
         "class_counts": class_counts,
         **class_balance(class_counts),
         # Valid images only: a file that was not stored cannot leak.
-        "patients": patients.summarize(store.patient_ids()[valid],
-                                       np.asarray(splits, dtype=object)[split[valid]],
-                                       np.asarray(classes, dtype=object)[labels[valid]],
-                                       splits, classes),
+        "patients": patients.summary_of(sums, int(valid.sum()), splits, classes),
     }
 
 
@@ -346,7 +366,7 @@ def compute_multilabel(store) -> dict[str, Any]:
     positive findings; with ``finding_counts`` (positive, negative, uncertain, not stated
     per finding), the ``cooccurrence`` matrix and BCE ``pos_weight`` (negatives/positives)."""
     classes, splits, valid = store.classes, store.splits, store.valid
-    sums = _sums(store)
+    sums = _sums(store, store.labels, valid)
     table, counts = sums["class_hist"], sums["counts"]
     class_counts = {c: int(counts[:, i].sum()) for i, c in enumerate(classes)}
     n_valid = int(valid.sum())
@@ -363,7 +383,5 @@ def compute_multilabel(store) -> dict[str, Any]:
         "pos_weight": {c: (n_valid - n) / n for c, n in class_counts.items() if n},
         **class_balance(class_counts),
         # Patients per split and leakage; per class is left out (an image has several).
-        "patients": patients.summarize(store.patient_ids()[valid],
-                                       np.asarray(splits, dtype=object)[store.split[valid]],
-                                       store.class_names()[valid], splits, []),
+        "patients": patients.summary_of(sums, n_valid, splits, []),
     }

@@ -570,10 +570,12 @@ def write_partials(group: zarr.Group, sums: dict[str, np.ndarray], meta: dict[st
             sync(store_.delete_dir(f"{PARTIALS}/{child}"))
     child = parent.create_group(name, overwrite=True)
     for key, values in sums.items():
-        array = child.create_array(key, shape=values.shape, dtype="int64",
-                                   chunks=values.shape or (1,), fill_value=0,
+        text = values.dtype == object
+        array = child.create_array(key, shape=values.shape, dtype=str if text else values.dtype,
+                                   chunks=tuple(max(1, d) for d in values.shape) or (1,),
                                    compressors=ZstdCodec(level=1))
-        array[...] = values
+        if values.size:
+            array[...] = values
     return {PARTIALS_ATTR: {**meta, "group": f"{PARTIALS}/{name}"}}
 
 
@@ -587,7 +589,17 @@ def partial_inputs(group: zarr.Group) -> dict[str, Any]:
     n = int(group["labels"].shape[0])
     return {"hist": group["hist"], "findings": group.get("findings"),
             "labels": group["labels"][:n], "split": group["split"][:n],
-            "valid": group["valid"][:n]}
+            "valid": group["valid"][:n],
+            "patient_ids": lambda start: patient_ids_of(group, start, n)}
+
+
+def patient_ids_of(group: zarr.Group, start: int, stop: int) -> np.ndarray:
+    """Patients of rows ``start:stop`` (see :meth:`XrayStore.patient_ids`)."""
+    g, n = group, stop - start
+    scanned = g["patient_id"][start:stop] if "patient_id" in g else np.full(n, "", object)
+    header = (g["dicom_patient_id"][start:stop] if "dicom_patient_id" in g
+              else np.full(n, "", object))
+    return np.where(header != "", header, scanned).astype(object)
 
 
 def read_partials(group: zarr.Group) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
@@ -597,9 +609,15 @@ def read_partials(group: zarr.Group) -> tuple[dict[str, Any], dict[str, np.ndarr
         return None
     try:
         child = group[meta["group"]]
-        return meta, {key: np.asarray(array[...]) for key, array in child.arrays()}
+        arrays = dict(child.arrays())
     except (KeyError, FileNotFoundError):
         return None
+
+    async def read_all() -> list:  # one trip through zarr's event loop for all of them
+        return await asyncio.gather(*(a._async_array.getitem(...) for a in arrays.values()))
+
+    return meta, {key: np.asarray(values, dtype=object if values.dtype.kind in "OTU" else None)
+                  for key, values in zip(arrays, sync(read_all()), strict=True)}
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
@@ -812,16 +830,13 @@ class XrayStore:
         return (np.concatenate([m for m, _ in parts]) if parts else np.zeros(0),
                 np.concatenate([s for _, s in parts]) if parts else np.zeros(0))
 
-    def patient_ids(self) -> np.ndarray:
-        """Each image's patient: the DICOM header's PatientID, else the scan's id, else "".
+    def patient_ids(self, start: int = 0) -> np.ndarray:
+        """Each image's patient (of rows ``start:``): the DICOM header's PatientID, else the
+        scan's id, else "".
 
         The header is the hospital's own record; a file name is only a naming convention.
         """
-        g = self.group
-        n = len(self)
-        scanned = g["patient_id"][:] if "patient_id" in g else np.full(n, "", object)
-        header = g["dicom_patient_id"][:] if "dicom_patient_id" in g else np.full(n, "", object)
-        return np.where(header != "", header, scanned).astype(object)
+        return patient_ids_of(self.group, start, len(self))
 
     def stats_partials(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         """The stored statistics partials (see :func:`read_partials`), or None."""
