@@ -232,7 +232,7 @@ def append(found: Scan, ref: StoreRef, given: dict[str, Any], *, scheduler: Any 
         pending_group = store.open_pending(ref)
 
         def prepare() -> None:
-            store.grow(pending_group, todo.n_old, todo.n_new, todo.classes, todo.splits,
+            store.grow(pending_group, group, todo.n_new, todo.classes, todo.splits,
                        discard=not resume)
             store.write_rows(pending_group, todo.n_old, store.scan_values(
                 todo.new, todo.labels, todo.splits, todo.findings))

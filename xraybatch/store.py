@@ -470,38 +470,38 @@ def begin_append(group: zarr.Group, pending: dict[str, Any]) -> None:
     group.update_attributes({APPEND_PENDING: pending})
 
 
-def grow(group: zarr.Group, n_old: int, n_new: int, classes: list[str], splits: list[str],
-         discard: bool) -> None:
+def grow(group: zarr.Group, committed: zarr.Group, n_new: int, classes: list[str],
+         splits: list[str], discard: bool) -> None:
     """Give every per-image array ``n_new`` rows in its own metadata (readers of the
-    consolidated metadata still see ``n_old``), and the class and split lists.
+    consolidated metadata still see the ``committed`` group's rows), and the class and split
+    lists; every array in one trip through zarr's event loop.
 
-    ``discard``: first cut every array back to ``n_old`` rows, which deletes the chunks an
-    abandoned append wrote beyond them (zarr's resize removes chunks outside the shape).
+    ``discard``: first cut every array back to its committed shape, which deletes the chunks
+    an abandoned append wrote beyond it (zarr's resize removes chunks outside the shape).
     ``group`` is opened with :func:`open_pending`.
     """
-    chunk = int(group.attrs["chunk"])
-    shapes = {name: (n_new, *group[name].shape[1:]) for name in sample_arrays(group)}
-    shapes["chunk_done"] = (n_chunks(n_new, chunk),)
-    old = {name: (n_old, *shape[1:]) for name, shape in shapes.items()}
-    old["chunk_done"] = (n_chunks(n_old, chunk),)
+    old = {name: committed[name].shape for name in [*sample_arrays(committed), "chunk_done"]}
+    shapes = {name: (n_new, *shape[1:]) for name, shape in old.items()}
+    shapes["chunk_done"] = (n_chunks(n_new, int(committed.attrs["chunk"])),)
+    flags = {"labels": dict(flag_values=list(range(len(classes))),
+                            flag_meanings=" ".join(c.replace(" ", "_") for c in classes)),
+             **{name: dict(flag_values=list(range(len(splits))), flag_meanings=" ".join(splits))
+                for name in ("split", "split_original")}}
 
     async def resize(name: str) -> None:
         array = await group._async_group.getitem(name)
         if discard and array.shape != old[name]:
             await array.resize(old[name])
-        await array.resize(shapes[name])
+            array = await group._async_group.getitem(name)
+        if array.shape != shapes[name]:  # (growing deletes nothing)
+            await array.resize(shapes[name], delete_outside_chunks=False)
+        if name in flags:
+            await (await group._async_group.getitem(name)).update_attributes(flags[name])
 
     async def run() -> None:
         await asyncio.gather(*(resize(name) for name in shapes))
 
     sync(run())
-    group["labels"].update_attributes(dict(
-        flag_values=list(range(len(classes))),
-        flag_meanings=" ".join(c.replace(" ", "_") for c in classes)))
-    for name in ("split", "split_original"):
-        if name in group:
-            group[name].update_attributes(dict(flag_values=list(range(len(splits))),
-                                               flag_meanings=" ".join(splits)))
 
 
 def write_rows(group: zarr.Group, start: int, values: dict[str, np.ndarray]) -> None:
@@ -535,13 +535,16 @@ def keep_rows(group: zarr.Group, start: int, keep: int, images: np.ndarray, hist
     """The stored rows ``start:start + keep`` of a chunk followed by the new rows given:
     an append completes the store's last, partly filled chunk with the stored rows as they
     are (their source files are not read again)."""
-    stop = start + keep
+    new = {"images": images, "hist": hist, **records}
+    arrays = zarrio.arrays_of(group, list(new))
 
-    def joined(name: str, new: np.ndarray) -> np.ndarray:
-        return np.concatenate([group[name][start:stop].astype(new.dtype), new])
+    async def read() -> list:  # every array in one trip through zarr's event loop
+        return await asyncio.gather(*(arrays[name].getitem(slice(start, start + keep))
+                                      for name in new))
 
-    return (joined("images", images), joined("hist", hist),
-            {name: joined(name, values) for name, values in records.items()})
+    joined = {name: np.concatenate([np.asarray(old).astype(values.dtype), values])
+              for (name, values), old in zip(new.items(), sync(read()), strict=True)}
+    return joined.pop("images"), joined.pop("hist"), joined
 
 
 def commit(group: zarr.Group, attrs: dict[str, Any]) -> zarr.Group:
