@@ -436,3 +436,65 @@ def test_kill_then_append_anew_discards_the_interrupted_append(grown, tmp_path):
     fresh = tmp_path / "fresh.zarr"
     xraybatch.ingest(src, fresh, size=SIZE, chunk=CHUNK, scheduler="sync")
     assert_union(out, fresh, old)
+
+
+# --- object storage --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_endpoint() -> str:
+    """A moto S3 server on 127.0.0.1 with the bucket ``xrb`` (as in test_s3.py); killed at
+    teardown."""
+    s3fs = pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from corpus import free_port, wait_until
+
+    port = free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                s3fs.S3FileSystem(**_s3(url)).mkdir("xrb")
+                return True
+            except Exception:  # not listening yet
+                return False
+
+        wait_until(up, 60, "the moto server", 0.2)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _s3(endpoint: str) -> dict:
+    return {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+
+
+@pytest.mark.slow
+def test_append_to_object_storage(grown, s3_endpoint, tmp_path):
+    """The same append with OUT in S3: the same arrays as the local append, pending and
+    commit included (there the commit is one PUT of the root zarr.json)."""
+    url, options = "s3://xrb/grown.zarr", _s3(s3_endpoint)
+    away = tmp_path / "away"
+    # The same source folder as the local stores': hide the held-back files in place.
+    local = open_group(grown["old"])
+    held = set(local["path"][:])
+    moved = [p for p in grown["src"].rglob("*.jpeg")
+             if p.relative_to(grown["src"]).as_posix() not in held]
+    _hide(moved, grown["src"], away)
+    try:
+        xraybatch.ingest(grown["src"], url, size=SIZE, chunk=CHUNK, storage_options=options)
+    finally:
+        _restore(away, grown["src"])
+    result = xraybatch.ingest(grown["src"], url, size=SIZE, append=True,
+                              storage_options=options)
+    assert result.n_new == grown["result"].n_new
+    assert_same_store(StoreRef(url, options).open("r"), open_group(grown["appended"]))
+    ds = xraybatch.open(url, storage_options=options)
+    assert ds.version == 2 and ds.stats() == xraybatch.open(str(grown["appended"])).stats()
