@@ -227,6 +227,16 @@ def test_refusals(grown, tmp_path):
         xraybatch.ingest(grown["src"], out, size=SIZE, append=True)
 
 
+def test_ingest_records_version_one_once(synth_small, tmp_path):
+    out = tmp_path / "x.zarr"
+    xraybatch.ingest(synth_small, out, size=SIZE, chunk=30, scheduler="sync")
+    xraybatch.ingest(synth_small, out, size=SIZE, chunk=30, scheduler="sync", resume=True)
+    ds = xraybatch.open(str(out))
+    assert ds.attrs["format_version"] == 2 and ds.version == 1
+    assert [(h["action"], h["rows"], h["version"]) for h in ds.history] == [("ingest", [0, 60],
+                                                                            1)]
+
+
 # --- statistics partials ----------------------------------------------------------------------
 
 

@@ -403,8 +403,9 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any],
     attributes (:func:`write_partials`' reference to the statistics partials).
     """
     attrs = {"summary": summary, "complete": True, "completed": _now(), **(extra or {})}
-    if entry is not None and "history" in group.attrs:
-        attrs |= history_attrs(dict(group.attrs), entry)
+    if entry is not None and "history" in group.attrs and not group.attrs.get("version"):
+        attrs |= history_attrs(dict(group.attrs), entry)  # (a --resume of a complete store
+        # completes it again: still version 1)
     zarrio.consolidate(group, attrs)
 
 
