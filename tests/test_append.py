@@ -240,6 +240,34 @@ def test_ingest_records_version_one_once(synth_small, tmp_path):
 # --- statistics partials ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_patient_table_gives_the_summary_of_its_rows(seed):
+    """The stored per-patient table, split in two and merged (an append), gives exactly
+    what patients.summarize computes from every row (the independent reference)."""
+    from xraybatch import patients
+
+    rng = np.random.default_rng(seed)
+    n, splits, classes = 300, ["train", "val", "test"], ["A", "B", "C"]
+    ids = np.array([f"p{i}" for i in rng.integers(0, 80, n)], dtype=object)
+    ids[rng.random(n) < 0.2] = ""
+    split, label = rng.integers(0, 3, n), rng.integers(0, 3, n)
+    cut = int(rng.integers(0, n))
+    first = patients.table(ids[:cut], np.minimum(split[:cut], 1), label[:cut], 2, 3)  # 2 splits
+    merged = patients.merge(first, patients.table(ids[cut:], split[cut:], label[cut:], 3, 3))
+    expected = patients.summarize(ids, np.array(splits, dtype=object)[split],
+                                  np.array(classes, dtype=object)[label], splits, classes)
+    whole = patients.table(ids, split, label, 3, 3)
+    assert patients.summary_of(whole, n, splits, classes) == expected
+    ids_first = np.array(splits, dtype=object)[np.minimum(split[:cut], 1)]
+    expected_cut = patients.summarize(ids, np.concatenate(
+        [ids_first, np.array(splits, dtype=object)[split[cut:]]]),
+        np.array(classes, dtype=object)[label], splits, classes)
+    assert patients.summary_of(merged, n, splits, classes) == expected_cut
+    assert patients.summary_of(merged, n, splits, []) == patients.summarize(
+        ids, np.concatenate([ids_first, np.array(splits, dtype=object)[split[cut:]]]),
+        np.array(classes, dtype=object)[label], splits, [])
+
+
 def _rows_reduced(monkeypatch) -> list[int]:
     """Rows of histograms that stats reduces, call by call."""
     rows: list[int] = []
