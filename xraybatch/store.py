@@ -567,24 +567,28 @@ def write_partials(group: zarr.Group, sums: dict[str, np.ndarray], meta: dict[st
     """
     name = f"r{meta['rows']}_{meta['token'][:16]}"
     committed = (group.attrs.get(PARTIALS_ATTR) or {}).get("group", "")
-    parent = group.require_group(PARTIALS)
-    store_ = group.store
-    for child in sync(_list_dir(store_, PARTIALS)):
-        if f"{PARTIALS}/{child}" not in (committed, f"{PARTIALS}/{name}"):
-            sync(store_.delete_dir(f"{PARTIALS}/{child}"))
-    child = parent.create_group(name, overwrite=True)
-    for key, values in sums.items():
-        text = values.dtype == object
-        array = child.create_array(key, shape=values.shape, dtype=str if text else values.dtype,
-                                   chunks=tuple(max(1, d) for d in values.shape) or (1,),
-                                   compressors=ZstdCodec(level=1))
-        if values.size:
-            array[...] = values
+    sync(_write_partials(group._async_group, name, committed, sums))
     return {PARTIALS_ATTR: {**meta, "group": f"{PARTIALS}/{name}"}}
 
 
-async def _list_dir(store_: Any, prefix: str) -> list[str]:
-    return [key async for key in store_.list_dir(prefix) if key != "zarr.json"]
+async def _write_partials(group: AsyncGroup, name: str, committed: str,
+                          sums: dict[str, np.ndarray]) -> None:
+    """:func:`write_partials` in one trip through zarr's event loop."""
+    parent = await group.require_group(PARTIALS)
+    stale = [c async for c in group.store.list_dir(PARTIALS) if c != "zarr.json"
+             and f"{PARTIALS}/{c}" not in (committed, f"{PARTIALS}/{name}")]
+    await asyncio.gather(*(group.store.delete_dir(f"{PARTIALS}/{c}") for c in stale))
+    child = await parent.create_group(name, overwrite=True)
+
+    async def put(key: str, values: np.ndarray) -> None:
+        array = await child.create_array(
+            key, shape=values.shape, dtype=str if values.dtype == object else values.dtype,
+            chunks=tuple(max(1, d) for d in values.shape) or (1,),
+            compressors=ZstdCodec(level=1))
+        if values.size:
+            await zarrio.whole_chunks(array).setitem(..., values)
+
+    await asyncio.gather(*(put(key, values) for key, values in sums.items()))
 
 
 def partial_inputs(group: zarr.Group) -> dict[str, Any]:
