@@ -227,6 +227,24 @@ def test_refusals(grown, tmp_path):
         xraybatch.ingest(grown["src"], out, size=SIZE, append=True)
 
 
+def test_split_original_is_appended_when_present(grown, tmp_path):
+    """A store with ``split_original`` (written at creation by `xraybatch split`'s branch)
+    gets the new rows' scan splits there too, with the new split names."""
+    out = _copy(grown["old"], tmp_path)
+    group = zarr.open_group(str(out), mode="r+")
+    split = group["split"]
+    copy = group.create_array("split_original", shape=split.shape, dtype="int8",
+                              chunks=split.chunks, dimension_names=("sample",),
+                              attributes=dict(split.attrs))
+    copy[:] = split[:]
+    zarrio.consolidate(group)
+    xraybatch.ingest(grown["src"], out, size=SIZE, append=True, scheduler="sync")
+    after = open_group(out)
+    np.testing.assert_array_equal(after["split_original"][:], after["split"][:])
+    assert after["split_original"].attrs["flag_meanings"] == after["split"].attrs[
+        "flag_meanings"] == " ".join(xraybatch.open(str(out)).splits)
+
+
 def test_ingest_records_version_one_once(synth_small, tmp_path):
     out = tmp_path / "x.zarr"
     xraybatch.ingest(synth_small, out, size=SIZE, chunk=30, scheduler="sync")
