@@ -186,6 +186,8 @@ def main() -> None:
         n = n_new if c in ("append 10%", "ingest 10% alone") else n_all
         rate = f"{n / med[c]:.0f}" if c.startswith(("append", "ingest")) else ""
         print(f"| {c} | {med[c]:.3f} | {rate} | {ratios.get(c, '')} |")
+    print("\nevery round, s: " + "; ".join(f"{c} " + " ".join(f"{t:.2f}" for t in v)
+                                          for c, v in times.items()))
     if scale:
         print(f"\nstats on a synthetic store of {args.stats_n} images (10% appended), "
               f"medians of {args.repeat}: open {scale['open store']:.3f} s, after append "
