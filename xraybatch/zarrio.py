@@ -27,6 +27,11 @@ from zarr.errors import ZarrUserWarning
 from zarr.storage import StorePath
 
 _ARRAYS: dict[int, tuple[zarr.Group, dict[str, AsyncArray]]] = {}
+# zarr warns about the writer lock's file whenever it lists a store's members: expected.
+# A filter for that one message, not catch_warnings, which is not thread-safe (two ingests
+# in two threads of one client restore each other's filters mid-listing).
+warnings.filterwarnings("ignore", message=r"Object at \.xraybatch\.lock is not recognized",
+                        category=ZarrUserWarning)
 
 
 def arrays_of(group: zarr.Group, names: list[str]) -> dict[str, AsyncArray]:
