@@ -92,8 +92,6 @@ IMAGES_COMPRESSORS = None
 FORMAT_VERSION = 2
 #: Subgroup holding the statistics partials, one child per committed version.
 PARTIALS = "stats_partials"
-#: Attributes that must match for an append: what defines the pixels (and the patient ids).
-PIXEL_KEYS = ("size", "interpolation", "decode", "window", "fit", "max_pixels")
 
 
 def n_chunks(n: int, chunk: int) -> int:
