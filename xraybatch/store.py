@@ -1034,7 +1034,8 @@ def chunk_layout(group: zarr.Group) -> tuple[list[str], list[tuple[str, tuple[in
     later by other stages)."""
     rows = zarrio.rows_per_chunk(group["images"]._async_array)
     with_images, others = [], []
-    for name, array in sorted(group.arrays()):
+    arrays = [(k, v) for k, v in group.members(max_depth=None) if isinstance(v, zarr.Array)]
+    for name, array in sorted(arrays):  # (subgroups too: the statistics partials)
         meta = array.metadata
         dims = meta.dimension_names or ()
         counts = zarrio.chunk_counts(array._async_array)
