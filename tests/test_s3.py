@@ -97,7 +97,8 @@ def test_cli_endpoint_by_option_or_environment(endpoint, synth_small, reference,
                            env=_env(AWS_ENDPOINT_URL=endpoint))  # botocore reads it
     assert again.returncode == 2
     assert again.stderr == (f"xraybatch ingest: error: {url} already exists: pass --overwrite "
-                            "to replace it or --resume to finish an interrupted run\n")
+                            "to replace it, --append to add the files it does not hold or "
+                            "--resume to finish an interrupted run\n")
     stats = subprocess.run([sys.executable, "-m", "xraybatch", "stats", url],
                            capture_output=True, text=True, timeout=120,
                            env=_env(AWS_ENDPOINT_URL=endpoint))

@@ -295,8 +295,8 @@ def test_restore_gives_back_the_scan_split(dicom_copy: Path, capsys) -> None:
     assert ds.attrs["split_token"] == store.split_token(ds.split, ds.splits)
     assert ds.attrs["split_assignment"]["method"] == "scan"
     history = ds.attrs["history"]
-    assert [h["action"] for h in history] == ["split"] * 3
-    assert [h["version"] for h in history] == [2, 3, 4] and ds.attrs["version"] == 4
+    assert [h["action"] for h in history] == ["ingest"] + ["split"] * 3
+    assert [h["version"] for h in history] == [1, 2, 3, 4] and ds.attrs["version"] == 4
     assert history[-1]["source"] == "xraybatch split --restore"
     assert "split_pending" not in ds.attrs
 

@@ -37,6 +37,8 @@ xraybatch ingest /shared/xray /shared/xray.zarr --scheduler tcp://10.0.0.5:8786
 xraybatch ingest chest_xray s3://bucket/xray.zarr   # needs: pip install 'xraybatch[s3]'
 xraybatch ingest chest_xray s3://bucket/xray.zarr --storage-option endpoint_url=http://minio:9000
 xraybatch ingest chest_xray xray.zarr --resume      # after an interruption
+xraybatch ingest chest_xray xray.zarr --append      # add only the files new under SRC
+xraybatch ingest chest_xray xray.zarr --append --resume  # finish an interrupted append
 xraybatch ingest dicom_cxr dicom.zarr --window percentile --fit pad  # needs xraybatch[dicom]
 xraybatch ingest data/ out.zarr --patient-id '^(P[0-9]+)_'  # patient ids for the leakage check
 xraybatch ingest /data/nih nih.zarr --files /data/nih/Data_Entry_2017.csv --table-preset nih
@@ -126,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     mode.add_argument("--resume", action="store_true",
                       help="finish an interrupted run: write only the missing chunks")
+    i.add_argument("--append", action="store_true",
+                   help="add the files of SRC that OUT does not hold (same path and size) "
+                        "after its rows; pixel options must be the store's; with --resume, "
+                        "finish an interrupted append")
     i.add_argument("--window", choices=WINDOWS, default="header",
                    help="DICOM and images deeper than 8 bits: header (the header's window, "
                         "else min-max), minmax, or percentile (1st-99th) (default: header)")
@@ -381,6 +387,9 @@ def _resume_hint(args: argparse.Namespace, argv: list[str] | None) -> str:
     words = [w for w in (sys.argv[1:] if argv is None else argv)
              if not (w.startswith("--o") and "--overwrite".startswith(w))]
     command = shlex.join(["xraybatch", *words, *([] if args.resume else ["--resume"])])
+    if getattr(args, "append", False):
+        return (f"; {args.out} reads as its previous version, finish the append with: "
+                f"{command}")
     return f"; {args.out} is incomplete, finish it with: {command}"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .append import AppendResult
     from .ingest import IngestResult
 
 #: Exit status of ``ingest --strict`` when a file failed and of ``stats`` on an incomplete
@@ -106,8 +107,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
                     resume=args.resume, progress=not args.quiet, max_pixels=args.max_pixels,
                     storage_options=dict(args.storage_option), window=args.window,
                     fit=args.fit, patient_id=args.patient_id, files=args.files,
-                    table_preset=args.table_preset, columns=_columns(args))
-    _print_summary(result)
+                    table_preset=args.table_preset, columns=_columns(args),
+                    append=args.append)
+    if args.append:
+        _print_append(result)
+    else:
+        _print_summary(result)
     print(f"next: {_next_commands(args.out)}")
     return EXIT_FAILED_FILES if args.strict and len(result.failures) else 0
 
@@ -139,6 +144,28 @@ def _print_summary(result: IngestResult) -> None:
             print(f"  {row.status:<13} {row.path}: {row.message}")
         if len(result.failures) > 50:
             print(f"  ... and {len(result.failures) - 50} more (see the store's manifest)")
+
+
+def _print_append(result: AppendResult) -> None:
+    start, stop = result.rows
+    if not result.n_new:
+        print(f"nothing to append: every file under the source is already in {result.out} "
+              f"({result.n_images} images, version {result.version}); the store is unchanged")
+    else:
+        print(f"appended {result.n_new} images to {result.out} as rows {start}-{stop - 1} in "
+              f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s): "
+              f"{result.n_stored} of {result.n_images} images stored, version {result.version}")
+    if len(result.changed):
+        print(f"{len(result.changed)} stored files changed size since they were stored and "
+              "were NOT replaced (--append adds, it does not edit):")
+        for row in result.changed.head(50).itertuples():
+            print(f"  {row.path}: {row.stored_bytes} bytes stored, {row.bytes} now")
+        if len(result.changed) > 50:
+            print(f"  ... and {len(result.changed) - 50} more")
+    if len(result.failures):
+        print(f"failed {len(result.failures)} new files:")
+        for row in result.failures.head(50).itertuples():
+            print(f"  {row.status:<13} {row.path}: {row.message}")
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ import pandas as pd
 import zarr
 from dask.delayed import Delayed
 
-from . import decode, fingerprint, lock, store
+from . import decode, fingerprint, lock, stats, store
 from .options import (
     DEFAULT_CHUNK,
     DEFAULT_INTERPOLATION,
@@ -74,6 +74,7 @@ class ChunkTask:
     window: str = "header"
     fit: str = "stretch"
     source_options: dict = field(default_factory=dict)  # fsspec options for URL paths
+    keep: int = 0  # rows at the chunk's start already stored: an append completes the chunk
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
         if image is not None:
             images[i] = image
             hist[i] = decode.histogram(image)
-    failures = tuple((task.start + i, r.status, r.message)
+    failures = tuple((task.start + task.keep + i, r.status, r.message)
                      for i, r in enumerate(records) if not r.valid)
     arrays = store.record_arrays(records, hist)
     # Content fingerprints from the pixels just decoded (no second read or decode).
@@ -142,6 +143,24 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
 _CREATING: dict[str, Future] = {}
 
 
+@contextmanager
+def prepared(ref: StoreRef, target: Any, prepare: Any) -> Iterator[None]:
+    """Run ``prepare()`` (what the chunk tasks' writes need: an append grows the arrays)
+    while the first chunks decode when the tasks run in this process, else before them;
+    the block runs the tasks, and ``prepare``'s error, if any, is raised after them."""
+    if target not in ("threads", "sync"):
+        prepare()
+        yield
+        return
+    with ThreadPoolExecutor(1) as pool:
+        _CREATING[ref.url] = future = pool.submit(prepare)
+        try:
+            yield
+        finally:
+            _CREATING.pop(ref.url, None)
+        future.result()
+
+
 def run_chunk(task: ChunkTask) -> ChunkReport:
     """The Dask task: decode one chunk and write it into the store."""
     # Dask already runs one task per core; OpenCV's own pool would oversubscribe them.
@@ -153,7 +172,11 @@ def run_chunk(task: ChunkTask) -> ChunkReport:
     if group is None:
         creating.result()  # raises what the creation raised
         group = _open_for_chunks(task.ref)
-    store.write_chunk(group, task.index, task.start, images, hist, records)
+    if task.keep:
+        images, hist, records = store.keep_rows(group, task.start, task.keep, images, hist,
+                                                records)
+    store.write_chunk(group, task.index, task.start, images, hist, records,
+                      every_array=bool(task.keep))
     return report
 
 
@@ -167,8 +190,11 @@ def _open_for_chunks(ref: StoreRef) -> zarr.Group:
 
 
 def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], chunk: int,
-                weights: list[int] | None = None, **params: Any) -> list:
+                weights: list[int] | None = None, stored: int = 0, **params: Any) -> list:
     """One ``dask.delayed`` task per chunk index in ``chunks``, the heaviest run first.
+
+    ``stored``: rows already in the store (an append); a chunk holding some of them keeps
+    them (:attr:`ChunkTask.keep`) and reads only the files after them.
 
     ``weights`` (bytes of each file) set the order: dask starts independent tasks in
     descending order of their key names, so each key starts with its chunk's rank by
@@ -182,8 +208,10 @@ def build_tasks(ref: StoreRef, root: str, paths: list[str], chunks: list[int], c
     prefix = listing.join(root, "")  # scan paths are relative: one concatenation each
     for rank, index in enumerate(sorted(chunks, key=weight)):
         start = index * chunk
-        spec = ChunkTask(ref, index, start, tuple(prefix + p for p in paths[start:start + chunk]),
-                         **params)
+        keep = min(max(stored - start, 0), chunk)
+        spec = ChunkTask(ref, index, start, tuple(prefix + p for p in
+                                                  paths[start + keep:start + chunk]),
+                         keep=keep, **params)
         # The key hashes the whole spec (store, files, parameters): two ingests sharing a
         # cluster must never be taken for one another's tasks (same key = same result).
         key = f"xraybatch-chunk-{rank:06d}-{index}-{_token(spec)}"
@@ -287,7 +315,7 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
            retries: int = 2, window: str = "header", fit: str = "stretch",
            patient_id: str | None = None, files: str | os.PathLike | None = None,
            table_preset: str | None = None, columns: dict[str, Any] | None = None,
-           source_options: dict | None = None) -> IngestResult:
+           source_options: dict | None = None, append: bool = False) -> IngestResult:
     """Read every image under ``src`` into the zarr store ``out``.
 
     Parameters
@@ -313,6 +341,10 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         Local threads or processes (default: one per core); a cluster has its own.
     overwrite, resume
         Replace an existing store, or finish an interrupted run (only missing chunks).
+    append
+        Add the files of ``src`` that the store does not hold yet after its rows (same path
+        and size = held; see :func:`xraybatch.append.append`); with ``resume``, finish an
+        interrupted append.
     progress
         Show a progress bar.
     max_pixels
@@ -357,8 +389,9 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                          f"{', '.join(INTERPOLATION_CHOICES)}")
     if decode_mode not in decode.DECODE_MODES:
         raise ValueError(f"unknown decode mode {decode_mode!r}: use fast or exact")
-    if overwrite and resume:
-        raise ValueError("--overwrite and --resume exclude each other")
+    if overwrite and (resume or append):
+        raise ValueError(f"--overwrite and --{'resume' if resume else 'append'} exclude "
+                         "each other")
     if window not in WINDOWS or fit not in FITS:
         raise ValueError(f"unknown window {window!r} or fit {fit!r}: use one of "
                          f"{', '.join(WINDOWS)} and one of {', '.join(FITS)}")
@@ -379,6 +412,13 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                 else {}),
              "n_skipped": len(found.skipped),
              "skipped": found.skipped.head(1000).values.tolist()}
+    if append:  # its own stage; imported here because it builds on this module's tasks
+        from .append import append as append_files
+
+        return append_files(found, ref, {**attrs, "size": size}, scheduler=scheduler,
+                            workers=workers, progress=progress, retries=retries, resume=resume,
+                            source_options=source_options,
+                            absent=0 if spec is not None and spec.labels else -2, started=t0)
     store.check_target(ref, overwrite, resume)  # before the lock file touches OUT
     # Connect before the store is created, so an unreachable cluster leaves OUT untouched.
     with connected(scheduler) as target, lock.locked(ref), ThreadPoolExecutor(1) as pool:
@@ -418,8 +458,25 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
         if len(missing):  # never mark a store complete that is not
             raise StoreError(f"{len(missing)} chunks of {ref.url} were not written (the first "
                              f"is chunk {missing[0]}); finish it with --resume")
-        store.mark_complete(group, _summary_attrs(result))
+        entry = {"action": "ingest", "source": found.source, "rows": [0, result.n_images]}
+        partials = write_partials(group, found.classes, found.splits)
+        store.mark_complete(group, _summary_attrs(result), entry, partials)
     return result
+
+
+def write_partials(group: zarr.Group, classes: list[str], splits: list[str],
+                   stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+                   ) -> dict[str, Any]:
+    """Compute and store the statistics partials of every row of ``group`` (``stored``: the
+    partials committed before, reused for the rows they cover while they still hold); the
+    attribute naming them, to commit with the rows they cover.
+
+    The histograms were just written: this reads them once (only the new rows' for an
+    append), cheap beside the decoding that made them.
+    """
+    sums, meta = stats.sums_with(**store.partial_inputs(group), classes=classes, splits=splits,
+                                 stored=stored)
+    return store.write_partials(group, sums, meta)
 
 
 def _table_scheme(table: str | os.PathLike, preset: str | None,

@@ -121,3 +121,96 @@ def describe(summary: dict[str, Any]) -> list[str]:
     else:
         lines.append("no patient is in more than one split")
     return lines
+
+
+# --- per-patient table: the summary's inputs, stored so that an append adds only its rows ---
+
+#: Keys of a patient table (:func:`table`).
+TABLE_KEYS = ("patient_ids", "patient_images", "patient_groups")
+
+
+def table(patient: np.ndarray, split: np.ndarray, group: np.ndarray, n_split: int,
+          n_group: int) -> dict[str, np.ndarray]:
+    """Per patient (rows with an id): its id, its images and the (split, group) pairs it has
+    images in, ``(P, n_split, n_group)`` bool. What :func:`summary_of` needs, and mergeable
+    (:func:`merge`): the summary of several tables' rows without their rows.
+
+    Examples
+    --------
+    >>> t = table(np.array(["p1", "p1", "", "p2"]), np.array([0, 1, 0, 0]), np.zeros(4, int),
+    ...           2, 1)
+    >>> t["patient_ids"].tolist(), t["patient_images"].tolist(), t["patient_groups"][0, :, 0]
+    (['p1', 'p2'], [2, 1], array([ True,  True]))
+    """
+    known = patient != ""
+    codes, ids = pd.factorize(np.asarray(patient[known], dtype=object))
+    groups = np.zeros((len(ids), n_split, n_group), bool)
+    groups[codes, np.asarray(split)[known], np.asarray(group)[known]] = True
+    return {"patient_ids": np.asarray(ids, dtype=object),
+            "patient_images": np.bincount(codes, minlength=len(ids)).astype(np.int64),
+            "patient_groups": groups}
+
+
+def merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The table of the rows of ``a`` and ``b`` (``b`` may have more splits or groups).
+
+    Examples
+    --------
+    >>> a = table(np.array(["p1"]), np.array([0]), np.array([0]), 1, 1)
+    >>> b = table(np.array(["p2", "p1"]), np.array([1, 1]), np.array([0, 0]), 2, 1)
+    >>> m = merge(a, b)
+    >>> m["patient_ids"].tolist(), m["patient_images"].tolist(), m["patient_groups"].shape
+    (['p1', 'p2'], [2, 1], (2, 2, 1))
+    """
+    pos = pd.Index(a["patient_ids"]).get_indexer(b["patient_ids"])
+    new = pos < 0
+    pos[new] = len(a["patient_ids"]) + np.arange(new.sum())
+    ids = np.concatenate([a["patient_ids"], b["patient_ids"][new]]).astype(object)
+    images = np.concatenate([a["patient_images"], np.zeros(new.sum(), np.int64)])
+    np.add.at(images, pos, b["patient_images"])
+    shape = (len(ids), *np.maximum(a["patient_groups"].shape[1:], b["patient_groups"].shape[1:]))
+    groups = np.zeros(shape, bool)
+    ga, gb = a["patient_groups"], b["patient_groups"]
+    groups[:len(ga), :ga.shape[1], :ga.shape[2]] = ga
+    groups[pos, :gb.shape[1], :gb.shape[2]] |= gb
+    return {"patient_ids": ids, "patient_images": images, "patient_groups": groups}
+
+
+def summary_of(t: dict[str, np.ndarray], n_images: int, splits: list[str],
+               classes: list[str]) -> dict[str, Any]:
+    """:func:`summarize` of ``n_images`` rows from their :func:`table` (groups = classes;
+    ``classes`` empty: one group, no per-class counts), with the same values.
+
+    Examples
+    --------
+    >>> p, s, c = np.array(["p1", "p1", "p2", ""]), np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+    >>> summary_of(table(p, s, c, 2, 2), 4, ["train", "test"], ["A", "B"]) == summarize(
+    ...     p, np.array(["train", "test"])[s], np.array(["A", "B"])[c], ["train", "test"],
+    ...     ["A", "B"])
+    True
+    """
+    ids, images, groups = t["patient_ids"], t["patient_images"], t["patient_groups"]
+    in_split = groups.any(axis=2)
+    several = np.flatnonzero(in_split.sum(axis=1) > 1)
+    leaked = sorted(str(ids[i]) for i in several)
+    where = {str(ids[i]): [s for j, s in enumerate(splits) if j < in_split.shape[1]
+                           and in_split[i, j]] for i in several}
+    per_split_class = groups.sum(axis=0)
+
+    def count(j: int, i: int | None = None) -> int:
+        if j >= groups.shape[1] or (i is not None and i >= groups.shape[2]):
+            return 0
+        return int(in_split[:, j].sum() if i is None else per_split_class[j, i])
+
+    return {
+        "images_with_id": int(images.sum()), "images_without_id": n_images - int(images.sum()),
+        "patients": len(ids),
+        "per_split": {s: count(j) for j, s in enumerate(splits)},
+        "per_split_class": {s: {c: count(j, i) for i, c in enumerate(classes)}
+                            for j, s in enumerate(splits)},
+        "images_per_patient": ({"mean": float(pd.Series(images).mean()),
+                                "median": float(pd.Series(images).median()),
+                                "max": int(images.max())} if len(ids) else None),
+        "in_several_splits": {"count": len(leaked), "ids": leaked,
+                              "splits": {p: where[p] for p in leaked}},
+    }

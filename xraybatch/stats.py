@@ -7,7 +7,9 @@ pixels, interpolated exactly as ``numpy.percentile`` (method ``linear``) does.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -154,19 +156,134 @@ def _per_group(table: np.ndarray, counts: np.ndarray, classes: list[str],
     }
 
 
+# --- partials: the sums behind the statistics, stored so that an append adds only its rows --
+
+
+def assignment_token(labels: np.ndarray, split: np.ndarray, valid: np.ndarray,
+                     findings: np.ndarray | None = None) -> str:
+    """A hash of what puts each image in its group (label, split, validity, findings): stored
+    sums over rows hold only while the same rows hash the same (``split`` rewrites them).
+
+    Examples
+    --------
+    >>> t = assignment_token(np.array([0, 1]), np.array([0, 0]), np.array([True, True]))
+    >>> t == assignment_token(np.array([0, 1]), np.array([0, 1]), np.array([True, True]))
+    False
+    """
+    h = hashlib.sha256()
+    for values, dtype in ((labels, np.int16), (split, np.int8), (valid, bool),
+                          (findings, np.int8)):
+        if values is not None:
+            h.update(np.ascontiguousarray(values, dtype).tobytes())
+    return h.hexdigest()
+
+
+#: Sums of a multi-label store whose first axis is the split (the rest are per finding).
+_BY_SPLIT = ("hist", "counts", "class_hist", "all_hist")
+
+
+def _reduce(hist, findings, labels: np.ndarray, split: np.ndarray, valid: np.ndarray,
+            n_class: int, n_split: int) -> Sums:
+    """The integer sums of some rows: ``hist`` (and ``findings``, multi-label) dask arrays."""
+    if findings is not None:
+        return Sums(finding_sums(hist, findings, split, valid, n_split))
+    ids = np.where(valid, split * n_class + labels, -1)
+    table = group_histograms(hist, ids, n_split * n_class)
+    counts = np.bincount(ids[ids >= 0], minlength=n_split * n_class).astype(np.int64)
+    return Sums(hist=table.reshape(n_split, n_class, 256),
+                counts=counts.reshape(n_split, n_class))
+
+
+def _padded(sums: dict[str, np.ndarray], n_split: int, n_class: int, multi: bool) -> Sums:
+    """Stored sums grown with zeros for splits (and classes) added since: no row had them."""
+    out = Sums()
+    for key, values in sums.items():
+        pad = [(0, 0)] * values.ndim
+        if key in _BY_SPLIT:
+            pad[0] = (0, n_split - values.shape[0])
+            if not multi and values.ndim >= 2:
+                pad[1] = (0, n_class - values.shape[1])
+        out[key] = np.pad(values.astype(np.int64), pad)
+    return out
+
+
+def sums_with(hist, findings, labels: np.ndarray, split: np.ndarray, valid: np.ndarray,
+              classes: list[str], splits: list[str],
+              stored: tuple[dict[str, Any], dict[str, np.ndarray]] | None,
+              patient_ids: Callable[[int], np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                                  dict[str, Any]]:
+    """The sums of every row (``len(labels)``) and their patient table
+    (:func:`xraybatch.patients.table`), reusing ``stored`` partials for the rows they cover
+    when those rows still hash to their token; and the metadata to store them with.
+
+    ``hist`` and ``findings`` are zarr arrays (at least ``len(labels)`` rows);
+    ``patient_ids(start)`` gives the patient of rows ``start:``. Only the histograms and
+    patients of uncovered rows are read. Integer sums: the same values in any order.
+    """
+    import dask.array as da
+
+    n, multi = len(labels), findings is not None
+    f_all = findings[:n] if multi else None
+    start, base, people = 0, None, None
+    if stored is not None:
+        meta, sums = stored
+        rows = int(meta["rows"])
+        if (rows <= n and bool(meta.get("multi")) == multi
+                and set(patients.TABLE_KEYS) <= set(sums)
+                and list(meta["classes"]) == classes[:len(meta["classes"])]
+                and list(meta["splits"]) == splits[:len(meta["splits"])]
+                and meta["token"] == assignment_token(labels[:rows], split[:rows], valid[:rows],
+                                                      None if f_all is None else f_all[:rows])):
+            start = rows
+            base = _padded({k: v for k, v in sums.items() if k not in patients.TABLE_KEYS},
+                           len(splits), len(classes), multi)
+            people = {k: sums[k] for k in patients.TABLE_KEYS}
+    labels, split = labels.astype(np.int64), split.astype(np.int64)
+    rows_valid = valid[start:]
+    new_people = patients.table(patient_ids(start)[rows_valid] if start < n
+                                else np.zeros(0, object), split[start:][rows_valid],
+                                np.zeros(int(rows_valid.sum()), np.int64) if multi
+                                else labels[start:][rows_valid],
+                                len(splits), 1 if multi else len(classes))
+    people = new_people if people is None else patients.merge(people, new_people)
+    chunks = (hist.chunks[0], 256)
+    if base is not None and start == n:  # nothing to add: no graph to build and run
+        return {**base, **people}, _meta(labels, split, valid, f_all, multi, classes, splits)
+    rest = _reduce(da.from_zarr(hist, chunks=chunks)[start:n],
+                   da.from_zarr(findings, chunks=(chunks[0], findings.shape[1]))[start:n]
+                   if multi else None,
+                   labels[start:], split[start:], valid[start:], len(classes), len(splits))
+    return ({**(rest if base is None else base + rest), **people},
+            _meta(labels, split, valid, f_all, multi, classes, splits))
+
+
+def _meta(labels: np.ndarray, split: np.ndarray, valid: np.ndarray, findings: np.ndarray | None,
+          multi: bool, classes: list[str], splits: list[str]) -> dict[str, Any]:
+    """What stored partials are keyed by: the rows they cover and the assignment's token."""
+    return {"rows": len(labels), "token": assignment_token(labels, split, valid, findings),
+            "multi": multi, "classes": list(classes), "splits": list(splits)}
+
+
+def _sums(store, labels: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    """The sums of an :class:`~.store.XrayStore`: its partials plus the rows they miss."""
+    return sums_with(store.array("hist"),
+                     store.array("findings") if store.multilabel else None,
+                     labels, store.split, valid, store.classes, store.splits,
+                     store.stats_partials(), store.patient_ids)[0]
+
+
 def compute(store) -> dict[str, Any]:
     """Global, per-class and per split x class statistics of an :class:`~.store.XrayStore`,
-    and its patients (:func:`xraybatch.patients.summarize`)."""
+    and its patients (:func:`xraybatch.patients.summarize`).
+
+    The histogram sums come from the store's partials when they still hold (the histograms
+    of rows they do not cover are read: an append's), else from every histogram."""
     if store.multilabel:
         return compute_multilabel(store)
     classes, splits = store.classes, store.splits
-    labels, split, valid = store.labels.astype(np.int64), store.split.astype(np.int64), store.valid
-    n_class = len(classes)
-    ids = np.where(valid, split * n_class + labels, -1)
-    table = group_histograms(store.hist, ids, len(splits) * n_class)
-    counts = np.bincount(ids[ids >= 0], minlength=len(splits) * n_class)
-    table = table.reshape(len(splits), n_class, 256)
-    counts = counts.reshape(len(splits), n_class)
+    labels, valid = store.labels, store.valid
+    sums = _sums(store, labels, valid)
+    table, counts = sums["hist"], sums["counts"]
     class_counts = {c: int(counts[:, i].sum()) for i, c in enumerate(classes)}
     return {
         "images": len(labels), "valid": int(valid.sum()), "failed": int((~valid).sum()),
@@ -176,10 +293,7 @@ def compute(store) -> dict[str, Any]:
         "class_counts": class_counts,
         **class_balance(class_counts),
         # Valid images only: a file that was not stored cannot leak.
-        "patients": patients.summarize(store.patient_ids()[valid],
-                                       np.asarray(splits, dtype=object)[split[valid]],
-                                       np.asarray(classes, dtype=object)[labels[valid]],
-                                       splits, classes),
+        "patients": patients.summary_of(sums, int(valid.sum()), splits, classes),
     }
 
 
@@ -251,11 +365,8 @@ def compute_multilabel(store) -> dict[str, Any]:
     """:func:`compute` for a multi-label store: per finding, every image under each of its
     positive findings; with ``finding_counts`` (positive, negative, uncertain, not stated
     per finding), the ``cooccurrence`` matrix and BCE ``pos_weight`` (negatives/positives)."""
-    import dask.array as da
-
     classes, splits, valid = store.classes, store.splits, store.valid
-    sums = finding_sums(store.hist, da.from_zarr(store.array("findings")),
-                        store.split.astype(np.int64), valid, len(splits))
+    sums = _sums(store, store.labels, valid)
     table, counts = sums["class_hist"], sums["counts"]
     class_counts = {c: int(counts[:, i].sum()) for i, c in enumerate(classes)}
     n_valid = int(valid.sum())
@@ -272,7 +383,5 @@ def compute_multilabel(store) -> dict[str, Any]:
         "pos_weight": {c: (n_valid - n) / n for c, n in class_counts.items() if n},
         **class_balance(class_counts),
         # Patients per split and leakage; per class is left out (an image has several).
-        "patients": patients.summarize(store.patient_ids()[valid],
-                                       np.asarray(splits, dtype=object)[store.split[valid]],
-                                       store.class_names()[valid], splits, []),
+        "patients": patients.summary_of(sums, n_valid, splits, []),
     }

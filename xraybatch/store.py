@@ -36,10 +36,17 @@ without xraybatch)::
                                            -1 uncertain, -2 not stated (labels is then -1)
     finding       (finding,)      str      multi-label stores only: the finding names
     chunk_done    (chunk,)        bool     written last by each chunk task (resume)
+    stats_partials/   (subgroup)           integer sums behind ``stats`` for the rows it
+                                           covers (:func:`write_partials`)
 
 Group attributes hold the class and split names, size, interpolation, decode mode, source
 root, package version, creation time and ``complete``, which is written last: a store
-without ``complete: true`` is from an interrupted run.
+without ``complete: true`` is from an interrupted run. Format 2 (``format_version: 2``) adds
+``version`` and ``history`` (one entry per ingest and append, :func:`record_history`) and
+``n_images``, the committed rows: the root ``zarr.json`` (attributes and consolidated
+metadata, one atomic write) is the commit point of an append (:func:`commit`), so readers
+of the consolidated metadata see the last complete version while ``append_pending``
+records an append in progress.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +67,7 @@ import zarr
 from zarr import AsyncGroup
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync
+from zarr.errors import ZarrUserWarning
 
 from . import __version__, fingerprint, qc, zarrio
 from .findings import FINDING_FLAGS, joined
@@ -100,6 +109,8 @@ IMAGES_COMPRESSORS: Any = Crc32cCodec()
 #: Format of the stores this version writes (group attribute ``format_version``); a store
 #: without it is format 1: the same arrays, without checksums.
 FORMAT_VERSION = 2
+#: Subgroup holding the statistics partials, one child per committed version.
+PARTIALS = "stats_partials"
 
 
 def n_chunks(n: int, chunk: int) -> int:
@@ -169,8 +180,9 @@ def _check_replaceable(ref: StoreRef, overwrite: bool) -> None:
     if not ref.exists() or _is_empty(ref):
         return
     if not overwrite:
-        raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it "
-                         "or --resume to finish an interrupted run")
+        raise StoreError(f"{ref.url} already exists: pass --overwrite to replace it, "
+                         "--append to add the files it does not hold or --resume to finish "
+                         "an interrupted run")
     if ref.is_local and "zarr.json" not in os.listdir(ref.local_path):
         raise StoreError(f"{ref.url} exists and is not a zarr store; refusing to overwrite it")
 
@@ -230,15 +242,8 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         flag_values=list(range(len(classes))),
         flag_meanings=" ".join(c.replace(" ", "_") for c in classes))
     arrays["split"]["attributes"] = arrays["split_original"]["attributes"] = _split_flags(splits)
-    split = manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8)
-    scanned = {
-        "labels": manifest.label.to_numpy(np.int16),
-        "split": split, "split_original": split,
-        "path": manifest.path.to_numpy(dtype=object),
-        "file_bytes": manifest.bytes.to_numpy(np.int64),
-        "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
-                       else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
-    }
+    scanned = scan_values(manifest, manifest.label.to_numpy(np.int16), splits)
+    scanned["split_original"] = scanned["split"]
     if findings is not None:
         _findings_arrays(arrays, scanned, findings, chunk, common, own)
     sync(_create_arrays(group._async_group, arrays, scanned))
@@ -247,12 +252,32 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         **attrs, **({"label_kind": "multi"} if findings is not None else {}),
         "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        **({"format_version": FORMAT_VERSION} if checksums else {}),
+        "created": _now(),
+        **({"format_version": FORMAT_VERSION, "version": 0, "history": []} if checksums
+           else {}),
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
     # The arrays' metadata changes after this only in write_split (consolidated again).
     return zarrio.consolidate(group)
+
+
+def scan_values(manifest: pd.DataFrame, labels: np.ndarray, splits: list[str],
+                findings: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The arrays written from the scan (not by chunk tasks) for the rows of ``manifest``,
+    ``labels`` already numbered in the store's class list, ``split`` in ``splits``;
+    ``findings`` ((N, C) int8) for an append to a multi-label store."""
+    return {**({} if findings is None else {"findings": np.asarray(findings, np.int8)}),
+        "labels": np.asarray(labels, np.int16),
+        "split": manifest.split.map({s: i for i, s in enumerate(splits)}).to_numpy(np.int8),
+        "path": manifest.path.to_numpy(dtype=object),
+        "file_bytes": manifest.bytes.to_numpy(np.int64),
+        "patient_id": (manifest["patient_id"].fillna("") if "patient_id" in manifest
+                       else pd.Series("", index=manifest.index)).to_numpy(dtype=object),
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def scan_chunk(chunk: int, n: int) -> int:
@@ -331,29 +356,44 @@ def open_for_chunks(ref: StoreRef, mode: str = "r+") -> zarr.Group:
     write), so each process keeps the group it opened last. A local store's root
     ``zarr.json`` is rewritten whenever the store is created or its attributes change,
     which changes the key; remote stores are opened every time. ``mode="r"``: read-only
-    (``verify``).
+    (``verify``). During an append the consolidated metadata still describes the last
+    committed version, so writers open the arrays from their own metadata, which has the
+    grown shapes (:func:`open_pending`).
     """
     if not ref.is_local:
-        return ref.open(mode)
+        return _writable(ref, mode)
     meta = os.stat(os.path.join(ref.local_path, "zarr.json"))
     key = (os.path.abspath(ref.local_path), meta.st_ino, meta.st_mtime_ns, meta.st_size, mode)
     group = _OPENED.get(key)
     if group is None:
-        group = ref.open(mode)
+        group = _writable(ref, mode)
         _OPENED.clear()
         _OPENED[key] = group
     return group
 
 
+def _writable(ref: StoreRef, mode: str = "r+") -> zarr.Group:
+    group = ref.open(mode)
+    return open_pending(ref) if mode != "r" and APPEND_PENDING in group.attrs else group
+
+
+def open_pending(ref: StoreRef) -> zarr.Group:
+    """The store opened for an append: every array read from its own metadata (the shapes
+    being written), not from the consolidated metadata (the last committed version)."""
+    return ref.open("r+", use_consolidated=False)
+
+
 def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
-                hist: np.ndarray, records: dict[str, np.ndarray]) -> None:
+                hist: np.ndarray, records: dict[str, np.ndarray], every_array: bool = False
+                ) -> None:
     """Write one chunk's region of every per-image array, then mark the chunk done.
 
     Writing whole chunks only makes the write idempotent: a retried or resumed task
     rewrites the same bytes, and concurrent tasks never share a chunk. All the files of the
     chunk are stored in one trip through zarr's event loop, encoded in the calling thread
     (:func:`xraybatch.zarrio.write_chunks`). Record chunks that hold only their fill value
-    are not written at all (:func:`_all_fill`).
+    are not written at all (:func:`_all_fill`), unless ``every_array``: a chunk completed by
+    an append replaces files that an abandoned append may have written.
     """
     # A store created before fingerprints (resumed by a newer version) has none to write.
     prints = [name for name in FINGERPRINT_ARRAYS if name in records and name in group]
@@ -362,7 +402,8 @@ def write_chunk(group: zarr.Group, index: int, start: int, images: np.ndarray,
     fills = {**{n: fill for n, (_, fill) in RECORD_ARRAYS.items()},
              **{n: FINGERPRINT_ARRAYS[n][2] for n in prints}}
     values = {"images": images, "hist": hist,
-              **{n: records[n] for n, fill in fills.items() if not _all_fill(records[n], fill)}}
+              **{n: records[n] for n, fill in fills.items()
+                 if every_array or not _all_fill(records[n], fill)}}
     if start != index * rows or any(len(v) != min(rows, total - start) for v in values.values()):
         raise ValueError(f"{len(images)} rows from {start} are not chunk {index} of {rows} "
                          f"rows, or the record arrays differ in length")
@@ -388,12 +429,219 @@ def _all_fill(values: np.ndarray, fill: Any) -> bool:
     return bool((values == fill).all())
 
 
-def mark_complete(group: zarr.Group, summary: dict[str, Any]) -> None:
-    """Written last: from now on the store reads as complete."""
-    group.update_attributes({"summary": summary, "complete": True, "completed":
-                             _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
-    if group.metadata.consolidated_metadata is None:  # the group was opened without it
-        zarrio.consolidate(group)  # (create() and write_split consolidate)
+def mark_complete(group: zarr.Group, summary: dict[str, Any],
+                  entry: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+                  ) -> None:
+    """Written last, with the consolidated metadata, in one write of the root ``zarr.json``:
+    from now on the store reads as complete.
+
+    ``entry`` (format 2) is its history entry (:func:`record_history`); ``extra`` more
+    attributes (:func:`write_partials`' reference to the statistics partials).
+    """
+    attrs = {"summary": summary, "complete": True, "completed": _now(), **(extra or {})}
+    if entry is not None and "history" in group.attrs and not group.attrs.get("version"):
+        attrs |= history_attrs(dict(group.attrs), entry)  # (a --resume of a complete store
+        # completes it again: still version 1)
+    zarrio.consolidate(group, attrs)
+
+
+# --- versions, history and appends ----------------------------------------------------------
+
+#: Attribute recording an append in progress (the store reads as its last committed version).
+APPEND_PENDING = "append_pending"
+#: Attribute naming the statistics partials of the committed rows.
+PARTIALS_ATTR = "stats_partials"
+
+
+def history_attrs(attrs: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The ``version`` and ``history`` attributes once ``entry`` is recorded (not written).
+
+    ``entry`` gives ``action`` ("ingest", "append", "split"), ``source`` and ``rows``
+    ``[start, stop]``; the time, the next version and the package version are filled in.
+
+    Examples
+    --------
+    >>> out = history_attrs({"version": 1, "history": [{}]}, {"action": "append",
+    ...                     "source": "/data", "rows": [10, 12]})
+    >>> out["version"], out["history"][-1]["version"], len(out["history"])
+    (2, 2, 2)
+    """
+    version = int(attrs.get("version", 1)) + 1  # (a store without it is at version 1)
+    full = {"action": entry.get("action"), "when": _now(), "source": entry.get("source"),
+            "rows": list(entry.get("rows", [])), **entry, "version": version,
+            "xraybatch_version": __version__}
+    return {"version": version, "history": [*attrs.get("history", []), full]}
+
+
+def sample_arrays(group: zarr.Group) -> list[str]:
+    """Every array with one row per image (first dimension ``sample``): what an append grows.
+    """
+    with warnings.catch_warnings():  # (a listing also meets the lock file: known)
+        warnings.simplefilter("ignore", ZarrUserWarning)
+        return [name for name, array in group.arrays()
+                if (array.metadata.dimension_names or (None,))[0] == "sample"]
+
+
+def begin_append(group: zarr.Group, pending: dict[str, Any]) -> None:
+    """Record the append in progress; the consolidated metadata (what readers see) is kept."""
+    group.update_attributes({APPEND_PENDING: pending})
+
+
+def grow(group: zarr.Group, committed: zarr.Group, n_new: int, classes: list[str],
+         splits: list[str], discard: bool) -> None:
+    """Give every per-image array ``n_new`` rows in its own metadata (readers of the
+    consolidated metadata still see the ``committed`` group's rows), and the class and split
+    lists; every array in one trip through zarr's event loop.
+
+    ``discard``: first cut every array back to its committed shape, which deletes the chunks
+    an abandoned append wrote beyond it (zarr's resize removes chunks outside the shape).
+    ``group`` is opened with :func:`open_pending`.
+    """
+    old = {name: committed[name].shape for name in [*sample_arrays(committed), "chunk_done"]}
+    shapes = {name: (n_new, *shape[1:]) for name, shape in old.items()}
+    shapes["chunk_done"] = (n_chunks(n_new, int(committed.attrs["chunk"])),)
+    flags = {"labels": dict(flag_values=list(range(len(classes))),
+                            flag_meanings=" ".join(c.replace(" ", "_") for c in classes)),
+             **{name: dict(flag_values=list(range(len(splits))), flag_meanings=" ".join(splits))
+                for name in ("split", "split_original")}}
+
+    async def resize(name: str) -> None:
+        array = await group._async_group.getitem(name)
+        if discard and array.shape != old[name]:
+            await array.resize(old[name])
+            array = await group._async_group.getitem(name)
+        if array.shape != shapes[name]:  # (growing deletes nothing)
+            await array.resize(shapes[name], delete_outside_chunks=False)
+        if name in flags:
+            await (await group._async_group.getitem(name)).update_attributes(flags[name])
+
+    async def run() -> None:
+        await asyncio.gather(*(resize(name) for name in shapes))
+
+    sync(run())
+
+
+def write_rows(group: zarr.Group, start: int, values: dict[str, np.ndarray]) -> None:
+    """Write rows ``start:`` of the arrays in ``values`` (zarr reads and rewrites a partly
+    filled chunk whole; each file write is atomic, and the rows before ``start`` keep their
+    values, so a reader of the previous version reads the same rows from either file).
+
+    ``split_original`` (written at creation) follows ``split`` when the store has it.
+    """
+    if "split_original" in group and "split" in values:
+        values = {"split_original": values["split"], **values}
+
+    async def put(name: str, v: np.ndarray) -> None:
+        array = zarrio.whole_chunks(await group._async_group.getitem(name))
+        await array.setitem(slice(start, start + len(v)), v)
+
+    async def run() -> None:
+        await asyncio.gather(*(put(name, v) for name, v in values.items()))
+
+    sync(run())
+
+
+def held_files(group: zarr.Group, n: int) -> pd.DataFrame:
+    """``path`` and ``file_bytes`` of the first ``n`` (committed) rows."""
+    return pd.DataFrame({"path": group["path"][:n], "file_bytes": group["file_bytes"][:n]})
+
+
+def keep_rows(group: zarr.Group, start: int, keep: int, images: np.ndarray, hist: np.ndarray,
+              records: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The stored rows ``start:start + keep`` of a chunk followed by the new rows given:
+    an append completes the store's last, partly filled chunk with the stored rows as they
+    are (their source files are not read again)."""
+    new = {"images": images, "hist": hist, **records}
+    arrays = zarrio.arrays_of(group, list(new))
+
+    async def read() -> list:  # every array in one trip through zarr's event loop
+        return await asyncio.gather(*(arrays[name].getitem(slice(start, start + keep))
+                                      for name in new))
+
+    joined = {name: np.concatenate([np.asarray(old).astype(values.dtype), values])
+              for (name, values), old in zip(new.items(), sync(read()), strict=True)}
+    return joined.pop("images"), joined.pop("hist"), joined
+
+
+def commit(group: zarr.Group, attrs: dict[str, Any]) -> zarr.Group:
+    """Commit an append: the attributes (``n_images``, ``version``, ``history``...) and the
+    consolidated metadata of the grown arrays in one atomic write of the root ``zarr.json``;
+    ``append_pending`` is dropped. Before it, readers see the previous version, after it the
+    new one."""
+    return zarrio.consolidate(group, attrs, drop=(APPEND_PENDING,))
+
+
+def write_partials(group: zarr.Group, sums: dict[str, np.ndarray], meta: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """Store statistics partials (integer sums over rows ``0:meta["rows"]``) in a new child
+    of the ``stats_partials`` subgroup; return the attribute to commit that names them.
+
+    Children not named by the committed attributes (left by an earlier version) are deleted
+    first; the committed one stays until the commit replaces it, so a reader of the previous
+    version keeps its partials.
+    """
+    name = f"r{meta['rows']}_{meta['token'][:16]}"
+    committed = (group.attrs.get(PARTIALS_ATTR) or {}).get("group", "")
+    sync(_write_partials(group._async_group, name, committed, sums))
+    return {PARTIALS_ATTR: {**meta, "group": f"{PARTIALS}/{name}"}}
+
+
+async def _write_partials(group: AsyncGroup, name: str, committed: str,
+                          sums: dict[str, np.ndarray]) -> None:
+    """:func:`write_partials` in one trip through zarr's event loop."""
+    parent = await group.require_group(PARTIALS)
+    stale = [c async for c in group.store.list_dir(PARTIALS) if c != "zarr.json"
+             and f"{PARTIALS}/{c}" not in (committed, f"{PARTIALS}/{name}")]
+    await asyncio.gather(*(group.store.delete_dir(f"{PARTIALS}/{c}") for c in stale))
+    child = await parent.create_group(name, overwrite=True)
+    compressors = (await group.getitem("hist")).compressors  # the store's own (checksums)
+
+    async def put(key: str, values: np.ndarray) -> None:
+        array = await child.create_array(
+            key, shape=values.shape, dtype=str if values.dtype == object else values.dtype,
+            chunks=tuple(max(1, d) for d in values.shape) or (1,), compressors=compressors)
+        if values.size:
+            await zarrio.whole_chunks(array).setitem(..., values)
+
+    await asyncio.gather(*(put(key, values) for key, values in sums.items()))
+
+
+def partial_inputs(group: zarr.Group) -> dict[str, Any]:
+    """What :func:`xraybatch.stats.sums_with` reads, for every row of a group being written
+    (the histograms and findings as zarr arrays, read later only where needed)."""
+    n = int(group["labels"].shape[0])
+    return {"hist": group["hist"], "findings": group.get("findings"),
+            "labels": group["labels"][:n], "split": group["split"][:n],
+            "valid": group["valid"][:n],
+            "patient_ids": lambda start: patient_ids_of(group, start, n)}
+
+
+def patient_ids_of(group: zarr.Group, start: int, stop: int) -> np.ndarray:
+    """Patients of rows ``start:stop`` (see :meth:`XrayStore.patient_ids`)."""
+    g, n = group, stop - start
+    scanned = g["patient_id"][start:stop] if "patient_id" in g else np.full(n, "", object)
+    header = (g["dicom_patient_id"][start:stop] if "dicom_patient_id" in g
+              else np.full(n, "", object))
+    return np.where(header != "", header, scanned).astype(object)
+
+
+def read_partials(group: zarr.Group) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """The committed statistics partials (their metadata and sums), or None."""
+    meta = group.attrs.get(PARTIALS_ATTR)
+    if not meta:
+        return None
+    try:
+        child = group[meta["group"]]
+        arrays = dict(child.arrays())
+    except (KeyError, FileNotFoundError):
+        return None
+
+    async def read_all() -> list:  # one trip through zarr's event loop for all of them
+        return await asyncio.gather(*(a._async_array.getitem(...) for a in arrays.values()))
+
+    return meta, {key: np.asarray(values, dtype=object if values.dtype.kind in "OTU" else None)
+                  for key, values in zip(arrays, sync(read_all()), strict=True)}
 
 
 # --- split assignments and history ------------------------------------------------------
@@ -424,10 +672,8 @@ def split_token(values: np.ndarray, splits: list[str]) -> str:
 def record_history(group: zarr.Group, entry: dict[str, Any],
                    attrs: dict[str, Any] | None = None) -> int:
     """Commit ``attrs`` with ``entry`` appended to ``attrs["history"]`` under the next
-    ``version``, in one write of the root ``zarr.json``; the new version.
-
-    ``entry`` holds ``action`` and ``source`` (and ``rows``); ``when``, ``version`` and
-    ``xraybatch_version`` are filled in. A store without ``version`` is at version 1.
+    ``version`` (:func:`history_attrs`), in one write of the root ``zarr.json``; the new
+    version.
 
     Examples
     --------
@@ -435,11 +681,9 @@ def record_history(group: zarr.Group, entry: dict[str, Any],
     ...                        "rows": [0, 248]}, {"split_token": "..."})  # doctest: +SKIP
     2
     """
-    version = int(group.attrs.get("version", 1)) + 1
-    entry = {"when": _now(), **entry, "version": version, "xraybatch_version": __version__}
-    group.update_attributes({**(attrs or {}), "version": version,
-                             "history": [*group.attrs.get("history", []), entry]})
-    return version
+    new = history_attrs(dict(group.attrs), entry)
+    group.update_attributes({**(attrs or {}), **new})
+    return new["version"]
 
 
 def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
@@ -460,6 +704,9 @@ def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
     2
     """
     group = ref.open("r+")
+    if APPEND_PENDING in group.attrs:  # its grown arrays would be consolidated by ours
+        raise StoreError(f"{ref.url} has an interrupted append: finish it first with "
+                         "xraybatch ingest SRC OUT --append --resume")
     old = list(group.attrs["splits"])
     if splits[:len(old)] != old or len(splits) > 127:
         raise ValueError(f"split names {splits} do not extend the store's {old}")
@@ -493,8 +740,6 @@ def _save_original(group: zarr.Group, splits: list[str]) -> None:
     zarrio.consolidate(group)
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
@@ -779,16 +1024,27 @@ class XrayStore:
         return (np.concatenate([m for m, _ in parts]) if parts else np.zeros(0),
                 np.concatenate([s for _, s in parts]) if parts else np.zeros(0))
 
-    def patient_ids(self) -> np.ndarray:
-        """Each image's patient: the DICOM header's PatientID, else the scan's id, else "".
+    def patient_ids(self, start: int = 0) -> np.ndarray:
+        """Each image's patient (of rows ``start:``): the DICOM header's PatientID, else the
+        scan's id, else "".
 
         The header is the hospital's own record; a file name is only a naming convention.
         """
-        g = self.group
-        n = len(self)
-        scanned = g["patient_id"][:] if "patient_id" in g else np.full(n, "", object)
-        header = g["dicom_patient_id"][:] if "dicom_patient_id" in g else np.full(n, "", object)
-        return np.where(header != "", header, scanned).astype(object)
+        return patient_ids_of(self.group, start, len(self))
+
+    def stats_partials(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The stored statistics partials (see :func:`read_partials`), or None."""
+        return read_partials(self.group)
+
+    @property
+    def version(self) -> int:
+        """The store's version: 1 after its ingest, +1 per append (0 for format 1)."""
+        return int(self.attrs.get("version", 0))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per ingest and append: action, when, source, rows, version."""
+        return list(self.attrs.get("history", []))
 
     def stats(self) -> dict[str, Any]:
         """Exact global, per-class and per split x class statistics (see :mod:`.stats`)."""
@@ -862,7 +1118,8 @@ def chunk_layout(group: zarr.Group) -> tuple[list[str], list[tuple[str, tuple[in
     later by other stages)."""
     rows = zarrio.rows_per_chunk(group["images"]._async_array)
     with_images, others = [], []
-    for name, array in sorted(group.arrays()):
+    arrays = [(k, v) for k, v in group.members(max_depth=None) if isinstance(v, zarr.Array)]
+    for name, array in sorted(arrays):  # (subgroups too: the statistics partials)
         meta = array.metadata
         dims = meta.dimension_names or ()
         counts = zarrio.chunk_counts(array._async_array)
