@@ -577,12 +577,12 @@ async def _write_partials(group: AsyncGroup, name: str, committed: str,
              and f"{PARTIALS}/{c}" not in (committed, f"{PARTIALS}/{name}")]
     await asyncio.gather(*(group.store.delete_dir(f"{PARTIALS}/{c}") for c in stale))
     child = await parent.create_group(name, overwrite=True)
+    compressors = (await group.getitem("hist")).compressors  # the store's own (checksums)
 
     async def put(key: str, values: np.ndarray) -> None:
         array = await child.create_array(
             key, shape=values.shape, dtype=str if values.dtype == object else values.dtype,
-            chunks=tuple(max(1, d) for d in values.shape) or (1,),
-            compressors=ZstdCodec(level=1))
+            chunks=tuple(max(1, d) for d in values.shape) or (1,), compressors=compressors)
         if values.size:
             await zarrio.whole_chunks(array).setitem(..., values)
 
