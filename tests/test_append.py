@@ -555,3 +555,17 @@ def test_append_to_object_storage(grown, s3_endpoint, tmp_path):
     assert_same_store(StoreRef(url, options).open("r"), open_group(grown["appended"]))
     ds = xraybatch.open(url, storage_options=options)
     assert ds.version == 2 and ds.stats() == xraybatch.open(str(grown["appended"])).stats()
+
+
+@pytest.mark.slow
+def test_append_on_a_distributed_client(grown, tmp_path):
+    """Through a ``distributed.Client`` (in-process cluster, no network): the arrays grow
+    before the tasks are submitted, the tasks open the pending store themselves."""
+    distributed = pytest.importorskip("distributed")
+    out = _copy(grown["old"], tmp_path)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        result = xraybatch.ingest(grown["src"], out, size=SIZE, append=True, scheduler=client)
+    assert result.n_new == grown["result"].n_new
+    assert_same_store(open_group(out), open_group(grown["appended"]))
