@@ -569,3 +569,17 @@ def test_append_on_a_distributed_client(grown, tmp_path):
         result = xraybatch.ingest(grown["src"], out, size=SIZE, append=True, scheduler=client)
     assert result.n_new == grown["result"].n_new
     assert_same_store(open_group(out), open_group(grown["appended"]))
+
+
+@pytest.mark.slow
+def test_benchmark_smoke(synth_small):
+    """benchmarks/append.py end to end on a tiny synthetic set: it runs every configuration
+    and its appended store equals the ingest of the union (nothing timed here)."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "append.py"),
+                           str(synth_small), "--n", "30", "--repeat", "1", "--size", "32"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "30 images (3 appended)" in proc.stdout and "check: = union" in proc.stdout
+    for config in ("append 10%", "ingest 10% alone", "ingest union", "stats fresh"):
+        assert f"| {config} |" in proc.stdout
