@@ -39,15 +39,17 @@ def _pt(x: float, y: float) -> tuple[int, int]:
 
 
 def _ellipse(
-    shape: tuple[int, int],
+    canvas: tuple[int, int] | np.ndarray,
     center: tuple[float, float],
     axes: tuple[float, float],
     angle: float = 0.0,
+    value: float = 1.0,
 ) -> np.ndarray:
-    """Filled float32 ellipse mask (0/1) on a canvas of ``shape``."""
-    mask = np.zeros(shape, np.float32)
+    """Filled float32 ellipse (``value`` inside, anti-aliased edge), drawn on ``canvas`` or,
+    given a shape, on a new zero canvas; returns the canvas."""
+    mask = np.zeros(canvas, np.float32) if isinstance(canvas, tuple) else canvas
     cv2.ellipse(mask, _pt(*center), _pt(max(axes[0], 0.5), max(axes[1], 0.5)), angle,
-                0, 360, 1.0, -1, cv2.LINE_AA, _SHIFT)
+                0, 360, value, -1, cv2.LINE_AA, _SHIFT)
     return mask
 
 
@@ -78,11 +80,16 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return n
 
 
+def _fixed(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Points (x, y) along the last axis, in cv2's fixed point (``_SHIFT`` bits)."""
+    return (np.stack([xs, ys], axis=-1) * _ONE).round().astype(np.int32)
+
+
 def _polyline(
     layer: np.ndarray, xs: np.ndarray, ys: np.ndarray, thickness: float, value: float
 ) -> None:
-    pts = np.stack([xs * _ONE, ys * _ONE], axis=1).round().astype(np.int32)
-    cv2.polylines(layer, [pts], False, value, max(1, round(thickness)), cv2.LINE_AA, _SHIFT)
+    cv2.polylines(layer, [_fixed(xs, ys)], False, value, max(1, round(thickness)),
+                  cv2.LINE_AA, _SHIFT)
 
 
 def _vessels(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, angle: np.ndarray,
@@ -94,7 +101,7 @@ def _vessels(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, angle: np.n
         turns = angle[:, None] + np.cumsum(rng.normal(0.0, 0.15, (len(x), 6)), axis=1)
         xs = np.c_[x, x[:, None] + np.cumsum(np.cos(turns), axis=1) * (length[:, None] / 6)]
         ys = np.c_[y, y[:, None] + np.cumsum(np.sin(turns), axis=1) * (length[:, None] / 6)]
-        out[d] = list((np.stack([xs, ys], axis=2) * _ONE).round().astype(np.int32))
+        out[d] = list(_fixed(xs, ys))
         spread = rng.uniform(0.25, 0.7, (2, len(x))) * np.array([[-1.0], [1.0]])
         x, y = np.tile(xs[:, -1], 2), np.tile(ys[:, -1], 2)
         angle = (turns[:, -1] + spread).ravel()
@@ -134,18 +141,21 @@ def _devices(img: np.ndarray, rng: np.random.Generator, cx: float, body_w: float
 
 def _collimate(img: np.ndarray, rng: np.random.Generator) -> None:
     """On about half the films, collimator edges: unexposed (bright) or cropped (dark)
-    margins of a few percent on some sides."""
+    margins of a few percent on some sides, with a soft edge (the penumbra)."""
     if rng.uniform() >= 0.5:
         return
     H, W = img.shape
-    value = rng.uniform(150, 230) if rng.uniform() < 0.6 else rng.uniform(-10, 20)
-    t, b, left, r = (int(m * s) if rng.uniform() < 0.5 else 0
-                     for m, s in zip(rng.uniform(0.01, 0.12, 4), (H, H, W, W), strict=True))
-    img[:t] = value
-    img[H - b:] = value
-    img[:, :left] = value
-    img[:, W - r:] = value
-
+    value = rng.uniform(140, 200) if rng.uniform() < 0.6 else rng.uniform(0, 30)
+    ramp = max(H, W) * 0.035
+    margins = rng.uniform(0.01, 0.12, 4) * (rng.uniform(size=4) < 0.5)
+    profiles = []
+    for n, (lo, hi) in ((H, margins[:2]), (W, margins[2:])):
+        x = np.arange(n, dtype=np.float32)
+        profiles.append(np.clip(np.minimum(x - lo * n, (1 - hi) * n - x) / ramp + 0.5, 0, 1))
+    inside = profiles[0][:, None] * profiles[1][None, :]
+    img -= value
+    img *= inside
+    img += value
 
 def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) -> np.ndarray:
     """Draw one X-ray-like 8-bit grayscale chest image.
@@ -209,8 +219,8 @@ def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) ->
 
     # Body / soft tissue: torso, neck, shoulders, arms; denser towards the middle.
     body = _ellipse(shape, (cx, H * 0.62), (body_w, H * 0.62), u(-4, 4))
-    body = np.maximum(body, _ellipse(shape, (cx, top), (W * u(0.06, 0.12), H * 0.2)))
-    body = np.maximum(body, _ellipse(shape, (cx, top + H * 0.1), (body_w * 1.1, H * 0.12)))
+    _ellipse(body, (cx, top), (W * u(0.06, 0.12), H * 0.2))
+    _ellipse(body, (cx, top + H * 0.1), (body_w * 1.1, H * 0.12))
     arms = np.zeros(shape, np.float32)  # humeri
     raised = u() < 0.35  # infants are often filmed with the arms up
     for side in (-1, 1):
@@ -218,7 +228,7 @@ def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) ->
             ax = cx + side * (body_w + W * u(0.0, 0.05))
             ay = top - H * u(0.1, 0.3) if raised else H * u(0.2, 0.5)
             tilt = side * u(0, 12) + (side * u(-20, 5) if raised else 0.0)
-            body = np.maximum(body, _ellipse(shape, (ax, ay), (W * u(0.05, 0.08), H * 0.5), tilt))
+            _ellipse(body, (ax, ay), (W * u(0.05, 0.08), H * 0.5), tilt)
             _polyline(arms, np.array([ax, ax + math.sin(math.radians(-tilt)) * H * 0.4]),
                       np.array([ay - H * 0.25, ay + H * 0.25]), W * u(0.015, 0.025), 1.0)
     body = _blur(body, W * 0.012)
@@ -229,7 +239,7 @@ def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) ->
     img += body * (u(95, 120) - bg + u(25, 45) * centre + u(1, 3) * tissue)
 
     # Abdomen: two domes under the diaphragm, denser than the chest, with bowel gas and a
-    # stomach bubble under the left dome.
+    # stomach bubble under the left dome (drawn as less dense parts of it).
     abdomen = np.zeros(shape, np.float32)
     tilt_dia = H * u(-0.03, 0.05)  # the liver side sits a little higher (mostly)
     for side in (-1, 1):
@@ -237,33 +247,31 @@ def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) ->
         c = (cx + side * body_w * u(0.4, 0.5), dome + H * 0.35)
         cv2.ellipse(abdomen, _pt(*c), _pt(body_w * u(0.55, 0.7), H * 0.35), u(-8, 8), 0, 360,
                     1.0, -1, cv2.LINE_AA, _SHIFT)
-    abdomen = _blur(abdomen, H * 0.012)
-    gas = np.zeros(shape, np.float32)
-    cv2.ellipse(gas, _pt(cx - body_w * u(0.3, 0.6), dia + H * u(0.05, 0.1)),
-                _pt(W * u(0.03, 0.08), H * u(0.02, 0.05)), u(-20, 20), 0, 360, 1.0, -1,
-                cv2.LINE_AA, _SHIFT)
+    cv2.ellipse(abdomen, _pt(cx - body_w * u(0.3, 0.6), dia + H * u(0.05, 0.1)),
+                _pt(W * u(0.03, 0.08), H * u(0.02, 0.05)), u(-20, 20), 0, 360, u(0.0, 0.3),
+                -1, cv2.LINE_AA, _SHIFT)
     for _ in range(int(rng.integers(4, 16))):
         c = (cx + body_w * u(-0.8, 0.8), dia + H * u(0.08, 0.4))
-        cv2.ellipse(gas, _pt(*c), _pt(W * u(0.01, 0.04), H * u(0.01, 0.03)), u(0, 180), 0,
-                    360, u(0.4, 1.0), -1, cv2.LINE_AA, _SHIFT)
-    gas = _blur(gas, W * 0.006) * abdomen
-    img += abdomen * body * u(35, 55) - gas * u(25, 45)
+        cv2.ellipse(abdomen, _pt(*c), _pt(W * u(0.01, 0.04), H * u(0.01, 0.03)), u(0, 180), 0,
+                    360, u(0.0, 0.6), -1, cv2.LINE_AA, _SHIFT)
+    abdomen = _blur(abdomen, H * 0.01)
+    img += abdomen * body * u(45, 65)
 
     # Lung fields: two tilted ellipses, cut by the domes, heart and mediastinum.
-    lungs = np.zeros(shape, np.float32)
+    lungs = np.zeros(shape, np.float32)  # (drawn on one canvas: the union)
     lung_h = (dia - top) * u(0.40, 0.50)
     lung_cy = top + (dia - top) * u(0.54, 0.62)
     lung_x = {}
     for side in (-1, 1):
         lung_x[side] = cx + side * body_w * u(0.40, 0.55)
         ax = (body_w * u(0.36, 0.48), lung_h * u(0.92, 1.08))
-        lungs = np.maximum(lungs, _ellipse(shape, (lung_x[side], lung_cy), ax, side * u(0, 12)))
+        _ellipse(lungs, (lung_x[side], lung_cy), ax, side * u(0, 12))
+    # Heart (not quite opaque) and mediastinum on one canvas.
     heart = _ellipse(shape, (cx + body_w * u(0.02, 0.22), dia - H * u(0.06, 0.14)),
-                     (body_w * u(0.26, 0.42), H * u(0.11, 0.19)), u(-40, -15))
-    medi = np.zeros(shape, np.float32)
+                     (body_w * u(0.26, 0.42), H * u(0.11, 0.19)), u(-40, -15), u(0.8, 0.95))
     half = body_w * u(0.10, 0.17)
-    cv2.rectangle(medi, _pt(cx - half, 0), _pt(cx + half, H), 1.0, -1, cv2.LINE_8, _SHIFT)
-    lungs *= 1.0 - np.maximum(np.maximum(heart * u(0.8, 0.95), medi), abdomen)
+    cv2.rectangle(heart, _pt(cx - half, 0), _pt(cx + half, H), 1.0, -1, cv2.LINE_8, _SHIFT)
+    lungs *= 1.0 - np.maximum(heart, abdomen)
     lungs = _blur(lungs, W * 0.008)
     hilum = np.exp(-(((xx - cx / W) / 0.2) ** 2)).astype(np.float32)
     # Branching vascular markings from each hilum, fading outwards.
@@ -276,7 +284,6 @@ def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) ->
     for depth, pts in segments.items():
         cv2.polylines(tree, pts, False, 0.4 + 0.2 * depth, max(1, round(W * 0.002 * depth)),
                       cv2.LINE_AA, _SHIFT)
-    tree = _blur(tree, W * 0.002)
     lung_dark = u(60, 85)
     img -= lungs * lung_dark * (1.0 - 0.3 * hilum + 0.08 * tissue - u(0.1, 0.25) * tree)
 
@@ -302,7 +309,7 @@ def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) ->
 
     # Bones: spine with vertebrae, posterior and anterior rib arcs, clavicles. Rib count,
     # spacing (and how it grows downwards), slope, curvature and each rib's place and
-    # density vary per patient, the two sides independently.
+    # density vary per patient.
     bones = arms * u(0.5, 0.8)
     period = (dia - top) * u(0.05, 0.08)
     vert = 0.8 + 0.2 * np.cos(2 * np.pi * (yy * H / period - u(0, 1))).astype(np.float32)
@@ -314,28 +321,29 @@ def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) ->
     t = np.linspace(0.0, 1.0, 24)
     posterior: list[np.ndarray] = []
     anterior: list[np.ndarray] = []
+    spacing = (dia - top) * u(0.82, 1.0) / n_ribs
+    grow = u(-0.25, 0.35)  # lower ribs further apart (or closer)
+    drop, rise, bend = u(1.8, 4.5), u(0.2, 0.9), u(1.8, 3.2)
+    first = top + H * u(0.02, 0.08)
+    i = np.arange(n_ribs)[:, None]
     for side in (-1, 1):
-        step = (dia - top) * u(0.82, 1.0) / n_ribs
-        grow = u(-0.25, 0.35)  # lower ribs further apart (or closer)
-        drop, rise, bend = u(1.8, 4.5), u(0.2, 0.9), u(1.8, 3.2)
-        y = top + H * u(0.02, 0.08)
-        for i in range(n_ribs):
-            y0 = y + step * u(-0.12, 0.12)
-            y += step * (1.0 + grow * (i / n_ribs - 0.5))
-            span = body_w * u(0.75, 0.95) * (0.75 + 0.25 * min(1.0, i / 3))
-            # Posterior rib: out from the spine, rising slightly, then curving down.
-            xs = cx + side * (sw + span * t)
-            ys = y0 - step * rise * np.sin(np.pi * t * 0.7) + step * drop * t**bend
-            posterior.append(np.stack([xs, ys], axis=1))
-            # Anterior rib: fainter, from the side down towards the middle.
-            xs2 = cx + side * (sw + span * (1.0 - 0.65 * t))
-            ys2 = y0 + step * (drop * 0.6 + u(1.2, 2.0) * t - 0.6 * t**2)
-            anterior.append(np.stack([xs2, ys2], axis=1))
+        step = spacing * u(0.95, 1.05)  # a little rotation or scoliosis
+        gaps = step * (1.0 + grow * (i / n_ribs - 0.5))
+        y0 = first + spacing * u(-0.2, 0.2) + np.cumsum(gaps, axis=0) - gaps + step * u(-0.05, 0.05,
+                                                                                (n_ribs, 1))
+        span = body_w * u(0.75, 0.95, (n_ribs, 1)) * (0.75 + 0.25 * np.minimum(1.0, i / 3))
+        # Posterior ribs: out from the spine, rising slightly, then curving down.
+        xs = cx + side * (sw + span * t)
+        ys = y0 - step * rise * np.sin(np.pi * t * 0.7) + step * drop * t**bend
+        posterior += list(_fixed(xs, ys))
+        # Anterior ribs: fainter, from the side down towards the middle.
+        xs = cx + side * (sw + span * (1.0 - 0.65 * t))
+        ys = y0 + step * (drop * 0.6 + u(1.2, 2.0, (n_ribs, 1)) * t - 0.6 * t**2)
+        anterior += list(_fixed(xs, ys))
     rib_t = (dia - top) / n_ribs * u(0.35, 0.5)
     for arcs, value, thick in ((posterior, u(0.45, 0.6), rib_t), (anterior, u(0.2, 0.3),
                                                                  rib_t * 0.8)):
-        pts = [(a * _ONE).round().astype(np.int32) for a in arcs]
-        cv2.polylines(bones, pts, False, value, max(1, round(thick)), cv2.LINE_AA, _SHIFT)
+        cv2.polylines(bones, arcs, False, value, max(1, round(thick)), cv2.LINE_AA, _SHIFT)
     for side in (-1, 1):
         xs = cx + side * (body_w * u(0.08, 0.15) + body_w * u(0.7, 0.95) * t)
         ys = top + H * u(0.04, 0.12) - H * u(0.0, 0.08) * t + H * 0.012 * np.sin(2 * np.pi * t)
