@@ -2,11 +2,18 @@
 
 :func:`synth_image` draws the images of :func:`xraybatch.synth.synth_dataset` and
 :func:`xraybatch.synth_dicom.synth_dicom`. They are drawings, not medical data: a dark
-background, a bright body with a soft tissue gradient, darker lung fields with vascular
-texture, heart, spine, rib arcs and clavicles; PNEUMONIA images add a dense lobar
-consolidation (bacterial) or a diffuse patchy haze (viral); all get a spatially correlated
-film grain.
-"""
+background, a bright body with a soft tissue gradient, darker lung fields with branching
+vessels, heart, spine, rib arcs, clavicles, arms, and an abdomen with bowel gas; PNEUMONIA
+images add a dense lobar consolidation (bacterial) or a diffuse patchy haze (viral); all get
+a spatially correlated film grain.
+
+Every call draws a new patient, and patients differ as real ones do, not only in where the
+same drawing sits: body size against the field of view (infants to school children),
+inspiration, lung, heart and mediastinum shapes, rib count, spacing, slope and curvature,
+arms up or down, positioning (rotation, scale, offset), exposure, and on some films
+burnt-in labels, ECG electrodes, a tube or line and collimator edges. So the near-duplicate
+verifier (:func:`xraybatch.fingerprint.align_score`) scores two synthetic patients like two
+real ones, far below its threshold (benchmarks/README.md, "Near-duplicates")."""
 
 from __future__ import annotations
 
@@ -158,11 +165,12 @@ def _collimate(img: np.ndarray, rng: np.random.Generator) -> None:
     img += value
 
 def synth_image(rng: np.random.Generator, height: int, width: int, kind: str) -> np.ndarray:
-    """Draw one X-ray-like 8-bit grayscale chest image.
+    """Draw one X-ray-like 8-bit grayscale chest image of a new synthetic patient.
 
-    The anatomy (body, lungs, heart, spine, ribs, clavicles and, for PNEUMONIA kinds, the
-    opacity) is drawn on a canvas of at most 400 px and upscaled; film grain is then added
-    at full resolution. The result depends only on ``rng``'s state and the arguments.
+    The anatomy (body, lungs, vessels, heart, spine, ribs, clavicles, abdomen and, for
+    PNEUMONIA kinds, the opacity), the patient's positioning and any devices, labels and
+    collimation are drawn on a canvas of at most 400 px and upscaled; film grain is then
+    added at full resolution. The result depends only on ``rng``'s state and the arguments.
 
     Parameters
     ----------
