@@ -244,12 +244,16 @@ def test_two_stores_compared_from_their_fingerprints(real_sample: Path, tmp_path
     assert all(len(p) == 5 and p[3:] == out["stores"] for p in out["pairs"])
 
 
-def test_synthetic_planted_copies_found(synth_small: Path, tmp_path: Path) -> None:
-    """On synthetic films (no real data needed): every planted copy of each kind is found."""
-    ds, truth, _ = _planted_store(synth_small, tmp_path, "synth", per_kind=1)
+def test_synthetic_planted_copies_found_and_distinct_films_not(synth_small: Path,
+                                                              tmp_path: Path) -> None:
+    """On synthetic films (no real data needed): every planted copy of each kind is found,
+    and no pair of films of different synthetic patients verifies."""
+    ds, truth, natural = _planted_store(synth_small, tmp_path, "synth", per_kind=1)
     found = _path_pairs(ds, dups.near_duplicate_pairs(ds, keep=False))
     planted = {frozenset(p) for p in zip(truth.original, truth["copy"], strict=True)}
     assert planted <= found
+    group = _bench().same_content(truth, natural)
+    assert [tuple(p) for p in found if len({group.get(x, x) for x in p}) > 1] == []
 
 
 def test_split_by_content_leaves_no_pair_and_no_patient_across_splits(

@@ -85,6 +85,19 @@ def test_altered_copy_verifies(films: list[np.ndarray], kind: str) -> None:
         assert score > max(others), (kind, i, score, others)
 
 
+def test_distinct_synthetic_patients_score_well_below_the_threshold() -> None:
+    """Films of different synthetic patients (every draw of the generator is a new patient),
+    stored as ingest stores them, score like real films of different patients: far below
+    the default threshold over every pair (real sample: at most 0.58-0.60)."""
+    films = [synth_image(np.random.default_rng(200 + i), 300 + 17 * i, 380 + 11 * i, kind)
+             for i, kind in enumerate(["NORMAL", "BACTERIA", "VIRUS"] * 8)]
+    thumbs = np.array([_stored_thumb(_bench()._jpeg(f, 90)) for f in films])
+    a, b = np.triu_indices(len(thumbs), 1)
+    scores = fingerprint.align_scores(thumbs[a], thumbs[b])
+    assert scores.max() < dups.DEFAULT_THRESHOLD - 0.1, (a[scores.argmax()], b[scores.argmax()],
+                                                         scores.max())
+
+
 def test_identity_and_symmetry_of_the_score(films: list[np.ndarray]) -> None:
     thumbs = np.array([fingerprint.equalized_thumbnail(decode.resize(f, 256)) for f in films])
     assert np.allclose(fingerprint.align_scores(thumbs, thumbs), 1.0, atol=1e-4)

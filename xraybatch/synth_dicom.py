@@ -4,7 +4,9 @@
 of :func:`xraybatch.phantom.synth_image`, in the encodings hospital exports use: JPEG baseline
 encapsulated (8-bit) and uncompressed 12- and 16-bit, MONOCHROME2 and MONOCHROME1, with and
 without a window in the header, and patients with one to three images each, a few of whom
-(``leaked``) are planted in two splits. :func:`to_dicom` builds one file's bytes.
+(``leaked``) are planted in two splits. A patient's images share the id only: each is
+its own drawing, so none is a near-duplicate of another (:mod:`xraybatch.dups`).
+:func:`to_dicom` builds one file's bytes.
 Needs pydicom (``pip install 'xraybatch[dicom]'``).
 """
 
