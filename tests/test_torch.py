@@ -226,3 +226,25 @@ def test_pinned_spawned_worker_batches(store, raw) -> None:
     np.testing.assert_array_equal(torch.cat([x for x, _ in batches])[:, 0].numpy(),
                                   raw["images"][want])
     assert all(x.is_pinned() for x, _ in batches) == torch.cuda.is_available()
+
+
+def test_batches_kept_are_never_overwritten(store, raw) -> None:
+    """Shared slots are recycled only once their batches are gone: an epoch kept whole
+    (more blocks than slots), then an iteration left early and resumed."""
+    ds = XrayDataset(store, dtype="uint8")
+    loader = XrayLoader(ds, batch_size=3, block=2, num_workers=2, timeout=60)
+    kept = list(loader)
+    assert len(loader.batch_sampler.blocks(0)) > len(loader._pool.state)
+    it = iter(loader)
+    kept += [next(it) for _ in range(4)]
+    kept += list(loader)  # resumes epoch 1 after its first 4 batches
+    want = loader.batch_sampler.batches(0) + loader.batch_sampler.batches(1)
+    assert len(kept) == len(want)
+    for (images, labels), batch in zip(kept, want, strict=True):
+        np.testing.assert_array_equal(images[:, 0].numpy(), raw["images"][ds.rows[batch]])
+        np.testing.assert_array_equal(labels.numpy(), raw["labels"][ds.rows[batch]])
+    del kept, images, it
+    import gc
+
+    gc.collect()
+    assert set(loader._pool.state) == {"free"}

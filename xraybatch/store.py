@@ -557,7 +557,9 @@ class XrayStore:
         """
         start = index * self.chunk
         stop = min(start + self.chunk, len(self))
-        images = self.group["images"]
+        images = self.__dict__.get("_images")
+        if images is None:  # opening an array is a trip through zarr's event loop: once
+            images = self.__dict__["_images"] = self.group["images"]
         if out is None:
             return images[start:stop]
         from zarr.core.buffer import default_buffer_prototype

@@ -25,6 +25,7 @@ or forkserver).
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -458,6 +459,7 @@ class _Item(list):
     def __init__(self, batches: list[np.ndarray], epoch: int) -> None:
         super().__init__(np.concatenate(batches).tolist())
         self.sizes, self.epoch = [len(b) for b in batches], epoch
+        self.slot: int | None = None  # the shared-memory slot a worker writes it into
 
 
 class ChunkBatchSampler(Sampler[list[int]]):
@@ -511,6 +513,7 @@ class ChunkBatchSampler(Sampler[list[int]]):
         self.batch_size, self.window, self.streams = batch_size, window, streams
         self.block, self.seed, self.shuffle, self.drop_last = block, seed, shuffle, drop_last
         self.epoch, self.skip, self.per_batch = 0, 0, False
+        self.pool: _SlotPool | None = None
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Make the next iteration epoch ``epoch``, starting after its first ``skip`` batches."""
@@ -551,35 +554,75 @@ class ChunkBatchSampler(Sampler[list[int]]):
             block, skip = block[skip:], 0
             if self.per_batch:
                 yield from (_Item([b], epoch) for b in block)
-            else:
-                yield _Item(block, epoch)
+                continue
+            item = _Item(block, epoch)
+            if self.pool is not None:  # called when the DataLoader hands the block out
+                item.slot = self.pool.acquire()
+            yield item
+
+
+class _SlotPool:
+    """Shared-memory buffers that workers write blocks into, recycled when freed.
+
+    Made by the main process before the workers start (forked workers inherit the mappings,
+    spawned ones receive them once), so no block pays for a new shared segment (an
+    allocation, and a page fault per 4 KiB on both sides: more than reading the images).
+    The main process hands a free slot out with each block and wraps the filled slot as the
+    batches it yields, without a copy; the slot is free again once every tensor of the block
+    is gone (a finalizer on the array the tensors keep alive). Only the main process tracks
+    the states. No free slot (batches kept longer than the pool allows): the worker returns
+    the block in a new segment of its own, as ``DataLoader`` does.
+    """
+
+    def __init__(self, count: int, nbytes: int) -> None:
+        self.tensors = [torch.empty(0, dtype=torch.uint8).set_(
+            torch.UntypedStorage._new_shared(nbytes)) for _ in range(count)]
+        self.arrays = [t.numpy() for t in self.tensors]
+        self.state = ["free"] * count  # free, out (handed to a worker), held, stale
+
+    def acquire(self) -> int | None:
+        for slot, state in enumerate(self.state):
+            if state == "free":
+                self.state[slot] = "out"
+                return slot
+        return None
+
+    def lend(self, slot: int, n: int, size: int) -> torch.Tensor:
+        """The block in ``slot`` as a tensor that frees the slot when it (and its views) die."""
+        array = self.arrays[slot][:n * size * size].reshape(n, 1, size, size)
+        self.state[slot] = "held"
+        weakref.finalize(array, self.release, slot)
+        return torch.from_numpy(array)
+
+    def release(self, slot: int) -> None:
+        self.state[slot] = "free"
+
+    def mark_stale(self) -> None:
+        """Blocks handed out by an iteration that was left: their workers may still write."""
+        self.state = ["stale" if s == "out" else s for s in self.state]
+
+    def reclaim(self) -> None:
+        """Once the workers have finished the stale blocks, their slots are free again."""
+        self.state = ["free" if s == "stale" else s for s in self.state]
 
 
 class _Batches(Dataset):
-    """What :class:`XrayLoader` hands its ``DataLoader``: whole blocks via ``__getitems__``.
+    """What :class:`XrayLoader` hands its ``DataLoader``: whole blocks via ``__getitems__``."""
 
-    In a worker, a block is written into one of the worker's shared-memory slots (made by
-    the main process before the workers start, so their pages are mapped once), and only the
-    slot's number and the labels cross the process boundary. A new shared segment per block
-    would cost its allocation and a page fault per 4 KiB on both sides.
-    """
-
-    def __init__(self, dataset: XrayDataset, slots: list[list[torch.Tensor]] | None) -> None:
-        self.dataset, self.slots, self.turn = dataset, slots, 0
+    def __init__(self, dataset: XrayDataset, slots: list[torch.Tensor] | None) -> None:
+        self.dataset, self.slots = dataset, slots
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitems__(self, item: _Item) -> tuple[Any, Any, list[int]]:
-        info = get_worker_info()
-        if info is None or not self.slots:
+        if get_worker_info() is None or item.slot is None:
+            # A new tensor (in a worker, DataLoader moves it to a new shared segment).
             return (*self.dataset.read_batch(item, item.epoch), item.sizes)
-        ring = self.slots[info.id]
-        slot, self.turn = self.turn % len(ring), self.turn + 1
         s = self.dataset.size
-        images = ring[slot][:len(item) * s * s].view(len(item), 1, s, s)
+        images = self.slots[item.slot][:len(item) * s * s].view(len(item), 1, s, s)
         labels = self.dataset.fill_batch(item, images.numpy(), item.epoch)
-        return (info.id, slot), labels, item.sizes
+        return item.slot, labels, item.sizes
 
 
 def _as_is(batch: Any) -> Any:
@@ -592,9 +635,9 @@ class XrayLoader(DataLoader):
 
     Batches come from :class:`ChunkBatchSampler` (seeded chunk shuffle, the same order for
     any ``num_workers``); they are read by :meth:`XrayDataset.read_batch` in the main
-    process, or a block of them at a time by a worker into shared memory (no per-sample
-    collation; the main process copies each block once, into pinned memory with
-    ``pin_memory``). Scale in the training step with :func:`to_float`, after moving the batch
+    process, or a block of them at a time by a worker into a recycled shared-memory slot
+    (no per-sample collation, no copy on the way to the main process; see
+    :class:`_SlotPool`). Scale in the training step with :func:`to_float`, after moving the batch
     to the GPU. Iterating runs the next epoch; :meth:`state_dict` / :meth:`load_state_dict`
     save and restore the position mid-epoch (an iteration left early resumes where it
     stopped). Each epoch reads its chunks anew (in each process, the current window's chunks
@@ -614,8 +657,9 @@ class XrayLoader(DataLoader):
         Batches in pinned memory, for a faster, asynchronous copy to the GPU
         (``.to(device, non_blocking=True)``); ignored without CUDA.
     prefetch_factor
-        Blocks in flight per worker (each worker has ``prefetch_factor + 2`` shared slots of
-        ``block * batch_size`` images).
+        Blocks in flight per worker. The workers share ``prefetch_factor * num_workers + 4``
+        slots of ``block * batch_size`` images (128 MB at the defaults for 256 x 256 and 2
+        workers); a block that finds none free travels in a new segment (slower).
     **kwargs
         Passed to ``DataLoader`` (``multiprocessing_context``, ``timeout``...).
 
@@ -643,33 +687,45 @@ class XrayLoader(DataLoader):
         runs = streams if num_workers <= 1 else -(-streams // num_workers)
         dataset.cache_chunks = max(dataset.cache_chunks, runs * (window + 1))
         self._pin = pin_memory and torch.cuda.is_available()
-        self._slots: list[list[torch.Tensor]] = []
+        self._pool = None
         if num_workers > 0:
-            # A worker is handed a block only when it has fewer than prefetch_factor in
-            # flight, so prefetch_factor + 1 slots never overwrite a block before the main
-            # process has copied it; one more for margin.
-            nbytes, ring = block * batch_size * dataset.size ** 2, (prefetch_factor or 2) + 2
-            self._slots = [[torch.empty(0, dtype=torch.uint8).set_(
-                torch.UntypedStorage._new_shared(nbytes)) for _ in range(ring)]
-                for _ in range(num_workers)]
-        super().__init__(_Batches(dataset, self._slots), batch_sampler=sampler,
-                         collate_fn=_as_is, num_workers=num_workers,
+            # Blocks in flight, the one being yielded and a few the training step holds.
+            self._pool = _SlotPool((prefetch_factor or 2) * num_workers + 4,
+                                   block * batch_size * dataset.size ** 2)
+            sampler.pool = self._pool
+        super().__init__(_Batches(dataset, self._pool.tensors if self._pool else None),
+                         batch_sampler=sampler, collate_fn=_as_is, num_workers=num_workers,
                          persistent_workers=(num_workers > 0 if persistent_workers is None
                                              else persistent_workers),
                          prefetch_factor=prefetch_factor, **kwargs)
+        self._active: Iterator | None = None
         self.epoch, self.batches_done = 0, 0
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self._active is not None:  # an iteration left early: stop its workers' blocks
+            self._active.close()
+        self._active = self._batches()
+        return self._active
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.batch_sampler.set_epoch(self.epoch, self.batches_done)
-        for images, labels, sizes in super().__iter__():
-            if isinstance(images, tuple):  # (worker, slot): copy it out before it is reused
-                (worker, slot), n, s = images, sum(sizes), self.dataset.dataset.size
-                shared = self._slots[worker][slot][:n * s * s].view(n, 1, s, s)
-                images = torch.empty(shared.shape, dtype=torch.uint8, pin_memory=self._pin)
-                images.numpy()[...] = shared.numpy()
+        pool, s = self._pool, self.dataset.dataset.size
+        if pool is not None:
+            pool.mark_stale()
+        blocks = super().__iter__()  # persistent workers finish the stale blocks here
+        if pool is not None:
+            pool.reclaim()
+        for images, labels, sizes in blocks:
+            if isinstance(images, int):  # a slot of the pool
+                slot, n = images, sum(sizes)
+                if self._pin:  # the copy to pinned memory frees the slot at once
+                    images = pool.tensors[slot][:n * s * s].view(n, 1, s, s).pin_memory()
+                    pool.release(slot)
+                else:
+                    images = pool.lend(slot, n, s)
                 labels = torch.from_numpy(labels)
             elif self._pin:
                 images = images.pin_memory()
@@ -678,6 +734,7 @@ class XrayLoader(DataLoader):
                 self.batches_done += 1
                 yield images[start:start + n], labels[start:start + n]
                 start += n
+            del images  # the slot is free once the training step drops the batches
         self.epoch, self.batches_done = self.epoch + 1, 0
 
     def set_epoch(self, epoch: int) -> None:
