@@ -296,6 +296,7 @@ class XrayDataset(Dataset):
         self.dtype, self.scale = dtype, scale
         self.transform, self.cache_chunks = transform, cache_chunks
         self._reset()
+        self._chunks, self._pid = _Chunks(store, cache_chunks), os.getpid()  # no second open
 
     @staticmethod
     def _select(store: XrayStore, split, valid_only: bool, views, unique_patients: bool
@@ -350,6 +351,7 @@ class XrayDataset(Dataset):
         if self._pid != os.getpid():  # first read in this process (or a forked child)
             store = XrayStore(self.ref.url, self.ref.storage_options)
             self._chunks, self._pid = _Chunks(store, self.cache_chunks), os.getpid()
+        self._chunks.capacity = self.cache_chunks  # XrayLoader raises it to its windows
         return self._chunks
 
     def _read_chunk(self, index: int) -> np.ndarray:
@@ -378,10 +380,18 @@ class XrayDataset(Dataset):
         returns their labels (numpy)."""
         index = np.asarray(indices, dtype=np.int64)
         rows = self.rows[index]
+        cache = self._cache()
         if epoch is not None:
-            self._cache().start_epoch(epoch)
-        for i, row in enumerate(rows.tolist()):  # one copy per image, no temporaries
-            out[i, 0] = self._read_chunk(row // self.chunk)[row % self.chunk]
+            cache.start_epoch(epoch)
+        chunk_of, local = np.divmod(rows, self.chunk)
+        touched = np.unique(chunk_of).tolist()
+        if len(touched) > cache.capacity:  # more than the cache holds: chunk by chunk
+            for i, row in enumerate(rows.tolist()):
+                out[i, 0] = cache.get(row // self.chunk)[row % self.chunk]
+        else:
+            chunks = {c: cache.get(c) for c in touched}
+            for i, (c, r) in enumerate(zip(chunk_of.tolist(), local.tolist(), strict=True)):
+                out[i, 0] = chunks[c][r]  # one copy per image, no temporaries
         return self.targets[index]
 
 
