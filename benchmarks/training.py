@@ -39,6 +39,8 @@ LOADERS = {
     "xraybatch XrayLoader (batched), workers 2": ("xrb_batched", 2),
     "xraybatch XrayDataset (map-style) + ChunkShuffleSampler, workers 0": ("xrb_map", 0),
     "xraybatch XrayDataset (map-style) + ChunkShuffleSampler, workers 2": ("xrb_map", 2),
+    "xraybatch XrayDataset + ChunkShuffleSampler + collate, workers 0": ("xrb_map_np", 0),
+    "xraybatch XrayDataset + ChunkShuffleSampler + collate, workers 2": ("xrb_map_np", 2),
     "zarr, whole chunks sliced into batches, workers 0": ("zarr", 0),
     "LitData StreamingDataset + StreamingDataLoader, workers 0": ("litdata", 0),
     "LitData StreamingDataset + StreamingDataLoader, workers 2": ("litdata", 2),
@@ -49,7 +51,8 @@ LOADERS = {
 NEEDS = {"litdata": "litdata", "wds": "webdataset", "imagefolder": "torchvision"}
 #: Imported before the clock starts (torch alone takes seconds).
 IMPORTS = {"xrb_batched": ("xraybatch.torch_dataset",),
-           "xrb_map": ("xraybatch.torch_dataset", "torch.utils.data"), "zarr": ("zarr",),
+           "xrb_map": ("xraybatch.torch_dataset", "torch.utils.data"),
+           "xrb_map_np": ("xraybatch.torch_dataset", "torch.utils.data"), "zarr": ("zarr",),
            "litdata": ("litdata",), "wds": ("webdataset",),
            "imagefolder": ("torch.utils.data", "torchvision.datasets", "torchvision.transforms")}
 
@@ -113,14 +116,15 @@ def make_loader(spec: dict[str, Any]):
         from xraybatch.torch_dataset import XrayDataset, XrayLoader
 
         return XrayLoader(XrayDataset(path, dtype="uint8"), batch_size=b, num_workers=w)
-    if kind == "xrb_map":
+    if kind in ("xrb_map", "xrb_map_np"):
         from torch.utils.data import DataLoader
 
-        from xraybatch.torch_dataset import ChunkShuffleSampler, XrayDataset
+        from xraybatch.torch_dataset import ChunkShuffleSampler, XrayDataset, collate
 
         ds = XrayDataset(path, dtype="uint8")
+        extra = {"collate_fn": collate} if kind == "xrb_map_np" else {}
         return DataLoader(ds, batch_size=b, sampler=ChunkShuffleSampler(ds, seed=0),
-                          num_workers=w, **persistent)
+                          num_workers=w, **persistent, **extra)
     if kind == "zarr":
         return _ZarrChunks(path, b)
     if kind == "litdata":
@@ -320,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                              if any("seconds" in w for w in ws) else ws[0])
                          for f, ws in writes.items()}
     where = {"xrb_batched": paths["xraybatch"], "xrb_map": paths["xraybatch"],
+             "xrb_map_np": paths["xraybatch"],
              "zarr": paths["xraybatch"], "litdata": paths["litdata"], "wds": paths["wds"],
              "imagefolder": data}
     specs = {}

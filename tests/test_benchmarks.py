@@ -218,7 +218,7 @@ def test_training_benchmark_smoke(bench, synth_small: Path, tmp_path: Path,
     ds = xraybatch.open(store)
     n = len(ds)
     assert ds.valid.all()  # the zarr loader reads every row, the others the valid ones
-    for kind in ("xrb_batched", "xrb_map", "zarr"):
+    for kind in ("xrb_batched", "xrb_map", "xrb_map_np", "zarr"):
         spec = {"loader": kind, "workers": 0, "batch": 7, "epochs": 2, "path": store,
                 "size": 32}
         result = training.run(spec)

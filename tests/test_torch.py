@@ -248,3 +248,17 @@ def test_batches_kept_are_never_overwritten(store, raw) -> None:
 
     gc.collect()
     assert set(loader._pool.state) == {"free"}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_collate_equals_default_collate(store, workers) -> None:
+    from torch.utils.data import DataLoader
+
+    from xraybatch.torch_dataset import collate
+
+    for ds in (XrayDataset(store, dtype="uint8"), XrayDataset(store, scale="xrv")):
+        kw = dict(batch_size=7, num_workers=workers, timeout=60 if workers else 0)
+        ours, theirs = DataLoader(ds, collate_fn=collate, **kw), DataLoader(ds, **kw)
+        for (a, la), (b, lb) in zip(ours, theirs, strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+            assert la.dtype == lb.dtype and torch.equal(torch.nan_to_num(la), torch.nan_to_num(lb))

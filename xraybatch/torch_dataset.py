@@ -395,6 +395,38 @@ class XrayDataset(Dataset):
         return self.targets[index]
 
 
+def collate(samples: Sequence[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """``DataLoader(collate_fn=collate)``: ``default_collate`` without torch's thread pool.
+
+    ``default_collate`` stacks with ``torch.stack``, whose intra-op threads cost more than
+    copying 32 small images, by far on a busy machine (measured at load 7 on 2 cores: 250-3,500
+    samples/s against 12,000-20,000 with one thread). This stacks CPU tensors with numpy, into
+    shared memory in a worker as ``default_collate`` does; anything else goes to
+    ``default_collate``.
+
+    Examples
+    --------
+    >>> images, labels = collate([(torch.zeros(1, 2, 2), 0), (torch.ones(1, 2, 2), 1)])
+    >>> tuple(images.shape), labels.tolist()
+    ((2, 1, 2, 2), [0, 1])
+    """
+    images, labels = zip(*samples, strict=True)
+    first = images[0]
+    if not all(isinstance(t, torch.Tensor) and t.device.type == "cpu" and not t.requires_grad
+               and t.shape == first.shape and t.dtype == first.dtype for t in images):
+        return torch.utils.data.default_collate(list(samples))
+    shape = (len(images), *first.shape)
+    if get_worker_info() is None:
+        out = torch.empty(shape, dtype=first.dtype)
+    else:  # sent to the main process without a copy
+        block = torch.UntypedStorage._new_shared(len(images) * first.nbytes)
+        out = torch.empty(0, dtype=first.dtype).set_(block, 0, shape)
+    np.stack([t.numpy() for t in images], out=out.numpy())
+    if isinstance(labels[0], torch.Tensor):
+        return out, torch.from_numpy(np.stack([t.numpy() for t in labels]))
+    return out, torch.tensor(labels)
+
+
 # --- shuffling ----------------------------------------------------------------------------
 
 
