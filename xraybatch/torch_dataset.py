@@ -736,17 +736,21 @@ class XrayLoader(DataLoader):
                          persistent_workers=(num_workers > 0 if persistent_workers is None
                                              else persistent_workers),
                          prefetch_factor=prefetch_factor, **kwargs)
-        self._active: Iterator | None = None
+        self._active: weakref.ref | None = None
         self.epoch, self.batches_done = 0, 0
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self._active is not None:  # an iteration left early: stop its workers' blocks
-            self._active.close()
-        self._active = self._batches()
-        return self._active
+        previous = self._active() if self._active is not None else None
+        if previous is not None:  # an iteration left early: stop its workers' blocks
+            previous.close()
+        batches = self._batches()
+        # A weak reference: a strong one would make a cycle (the generator refers to the
+        # loader), left to the garbage collector, which then stops the workers 5 s late.
+        self._active = weakref.ref(batches)
+        return batches
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.batch_sampler.set_epoch(self.epoch, self.batches_done)
