@@ -6,6 +6,8 @@ epoch of each loader, each in a fresh process, interleaved, median of ``--repeat
 - the PyTorch adapter (:class:`xraybatch.torch_dataset.XrayDataset`, float32 in [0, 1],
   shuffled by :class:`~xraybatch.torch_dataset.ChunkShuffleSampler`) in a ``DataLoader``
   with ``num_workers`` 0 and 2;
+- its batched path (:class:`~xraybatch.torch_dataset.XrayLoader`, uint8 batches scaled by
+  :func:`~xraybatch.torch_dataset.to_float` as a training step would), workers 0 and 2;
 - xarray/dask (``xraybatch.open(OUT).to_xarray()``) and plain zarr
   (``zarr.open_array(OUT, path="images")``), reading whole chunks in a shuffled chunk order
   and cutting float32 batches;
@@ -32,10 +34,13 @@ import numpy as np
 
 #: Loader name -> (kind, DataLoader workers).
 LOADERS = {"xraybatch torch, workers 0": ("torch", 0), "xraybatch torch, workers 2": ("torch", 2),
+           "xraybatch XrayLoader + to_float, workers 0": ("batched", 0),
+           "xraybatch XrayLoader + to_float, workers 2": ("batched", 2),
            "xarray/dask, chunk-shuffled": ("xarray", 0), "zarr, chunk-shuffled": ("zarr", 0),
            "torchvision ImageFolder, workers 2": ("imagefolder", 2)}
-NEEDS_TORCH = ("torch", "imagefolder")
+NEEDS_TORCH = ("torch", "batched", "imagefolder")
 IMPORTS = {"torch": ("torch", "torch.utils.data", "xraybatch.torch_dataset"),
+           "batched": ("torch", "xraybatch.torch_dataset"),
            "imagefolder": ("torch", "torch.utils.data", "torchvision"),
            "xarray": ("xarray", "xarray.backends.zarr", "dask.array", "xraybatch.store"),
            "zarr": ("zarr",)}
@@ -75,6 +80,12 @@ def _batches(spec: dict[str, Any]) -> Iterator[Any]:
         ds = XrayDataset(store)
         yield from (x for x, _ in DataLoader(ds, batch_size=batch, num_workers=spec[
             "loader_workers"], sampler=ChunkShuffleSampler(ds, seed=0)))
+    elif kind == "batched":  # whole uint8 batches, scaled as the training step would
+        from xraybatch.torch_dataset import XrayDataset, XrayLoader, to_float
+
+        loader = XrayLoader(XrayDataset(store), batch_size=batch,
+                            num_workers=spec["loader_workers"])
+        yield from (to_float(x) for x, _ in loader)
     elif kind == "xarray":
         import xraybatch
 

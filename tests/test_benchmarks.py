@@ -206,3 +206,24 @@ def test_loaders_say_what_to_install(bench, monkeypatch: pytest.MonkeyPatch) -> 
     hint = loaders.missing_torch()
     assert hint is not None and "\n" not in hint and "pip install" in hint
     assert "torchvision missing" in hint
+
+
+def test_training_benchmark_smoke(bench, synth_small: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/training.py: two epochs of the xraybatch and zarr loaders, in-process."""
+    pytest.importorskip("torch", reason="needs torch (test extra)")
+    training = importlib.import_module("training")
+    store = str(tmp_path / "t.zarr")
+    xraybatch.ingest(synth_small, store, size=32, chunk=8, scheduler="sync")
+    ds = xraybatch.open(store)
+    n = len(ds)
+    assert ds.valid.all()  # the zarr loader reads every row, the others the valid ones
+    for kind in ("xrb_batched", "xrb_map", "xrb_map_np", "zarr"):
+        spec = {"loader": kind, "workers": 0, "batch": 7, "epochs": 2, "path": store,
+                "size": 32}
+        result = training.run(spec)
+        assert [e["n"] for e in result["epochs"]] == [n, n], kind
+        assert all(e["seconds"] > 0 and e["first"] >= 0 for e in result["epochs"])
+    assert len(training.files(str(synth_small))) == n
+    summary = training.summarize_reads([result], n)
+    assert summary["first_epoch_sps"] > 0 and summary["later_epoch_sps"] > 0

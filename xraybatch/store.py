@@ -999,6 +999,37 @@ class XrayStore:
             return images[rows]
         return images.get_orthogonal_selection((np.asarray(rows), slice(None), slice(None)))
 
+    def read_chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The images of chunk ``index`` (rows ``index * chunk`` on), decoded into ``out``.
+
+        ``out`` (uint8, at least ``chunk`` rows of ``size`` x ``size``) is a buffer to reuse:
+        a fresh 8 MB array costs page faults on every read. Goes through zarr, so the
+        images array's codecs (and checksums) apply.
+
+        Examples
+        --------
+        >>> ds.read_chunk(1).shape   # doctest: +SKIP
+        (128, 256, 256)
+        """
+        start = index * self.chunk
+        stop = min(start + self.chunk, len(self))
+        images = self.__dict__.get("_images")
+        if images is None:  # opening an array is a trip through zarr's event loop: once
+            images = self.__dict__["_images"] = self.group["images"]
+        if out is None:
+            return images[start:stop]
+        from zarr.core.buffer import default_buffer_prototype
+
+        view = out[:stop - start]
+        images.get_basic_selection(
+            slice(start, stop), out=default_buffer_prototype().nd_buffer.from_numpy_array(view))
+        return view
+
+    def view_positions(self) -> np.ndarray:
+        """Each image's DICOM ViewPosition (``PA``, ``AP``, ``LL``...; "" when unknown)."""
+        g = self.group
+        return g["view_position"][:] if "view_position" in g else np.full(len(self), "", object)
+
     @property
     def manifest(self) -> pd.DataFrame:
         """One row per sample: source, label, outcome and quality-control flags."""
