@@ -202,10 +202,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _near_duplicates(ds) -> dict | None:
-    """Near-duplicate counts for stats (None for a store without fingerprints)."""
+    """Near-duplicate counts for stats (None for a store without fingerprints); stats
+    writes nothing: the pairs that ``dups`` or ``split`` kept are reused, the rest searched."""
     from . import dups
 
-    return dups.summarize(ds) if dups.searchable(ds) else None
+    return dups.summarize(ds, keep=False) if dups.searchable(ds) else None
 
 
 def _print_stats(stats: dict, by: str) -> None:

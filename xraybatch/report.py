@@ -238,7 +238,7 @@ def _near_duplicates(ds: XrayStore) -> pd.DataFrame | None:
     fingerprints."""
     from . import dups
 
-    return dups.find([ds]) if dups.searchable(ds) else None
+    return dups.find([ds], keep=False) if dups.searchable(ds) else None  # (writes nothing)
 
 
 def _dups_html(near: pd.DataFrame | None) -> str:

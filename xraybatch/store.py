@@ -758,12 +758,16 @@ def write_pairs(ref: StoreRef, pairs: np.ndarray, scores: np.ndarray,
     with ``key`` (what was searched) in the attributes of ``dup_pairs``.
 
     Written under the writer lock; returns False without writing when another process
-    writes the store (an ingest or append: the pairs would be stale anyway).
+    writes the store, or an interrupted append waits for ``--append --resume`` (the pairs
+    would be stale, and consolidating would publish the append's grown arrays).
     """
     try:
         with locked(ref):
             group = ref.open("r+")
-            common = dict(compressors=ZstdCodec(level=1), overwrite=True)
+            if APPEND_PENDING in group.attrs:
+                return False
+            # The codecs of the store's own per-image arrays (format 2: with checksums).
+            common = dict(compressors=group["hist"].compressors, overwrite=True)
             rows = max(1, min(len(pairs), 1 << 20))
             a = group.create_array("dup_pairs", shape=pairs.shape, dtype="int64",
                                    chunks=(rows, 2), dimension_names=("pair", "end"),
