@@ -318,7 +318,8 @@ def test_changed_split_assignment_invalidates_partials(grown, tmp_path, monkeypa
     group = zarr.open_group(str(out), mode="r+")
     split = group["split"][:]
     group["split"][:] = np.where(split == 0, 1, 0).astype(np.int8)  # what `xraybatch split` does
-    store.record_history(group, {"action": "split", "source": "test", "rows": [0, len(split)]})
+    group.update_attributes(store.history_attrs(dict(group.attrs), {
+        "action": "split", "source": "test", "rows": [0, len(split)]}))
     ds = xraybatch.open(str(out))
     assert ds.version == 3
     rows = _rows_reduced(monkeypatch)

@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
             xraybatch stats xray.zarr --by split
             xraybatch report xray.zarr --out xray-report  # figures + QC, needs xraybatch[plot]
             xraybatch inspect chest_xray/train/NORMAL/IM-0115-0001.jpeg
+            xraybatch ingest chest_xray xray.zarr --labels kermany3 --append  # new files only
+            xraybatch verify xray.zarr --sources        # checksums, records, source files
+            xraybatch dups xray.zarr                    # near-duplicate films by content
+            xraybatch split xray.zarr --by patient,content --stratify  # a leak-free split
         """))
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -177,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "xraybatch stats xray.zarr --json > stats.json\n"
                                         "xraybatch stats xray.zarr --strict  # fails on leakage "
                                         "(patients or near-duplicates across splits)"))
-    t.add_argument("out", help="store written by xraybatch ingest")
+    t.add_argument("out", metavar="STORE", help="store written by xraybatch ingest")
     t.add_argument("--by", choices=["class", "split"], default="class",
                    help="rows per class, or per split x class (default: class)")
     t.add_argument("--json", action="store_true", help="print JSON (global, per_class, "
@@ -210,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=_examples("xraybatch report xray.zarr --out xray-report\n"
                                         "xraybatch report xray.zarr --out xray-report "
                                         "--seed 3 --overwrite"))
-    r.add_argument("out", help="store written by xraybatch ingest")
+    r.add_argument("out", metavar="STORE", help="store written by xraybatch ingest")
     r.add_argument("--out", dest="dir", metavar="DIR", required=True,
                    help="folder to write (refused if not empty, unless --overwrite)")
     r.add_argument("--seed", type=int, default=0,
@@ -238,7 +242,7 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
             xraybatch split xray.zarr --by patient --dry-run --json
             xraybatch split xray.zarr --restore       # the scan's split again
         """))
-    s.add_argument("out", help="store written by xraybatch ingest")
+    s.add_argument("out", metavar="STORE", help="store written by xraybatch ingest")
     s.add_argument("--by", metavar="patient,content",
                    help="what joins images into groups that stay together: patient (same "
                         "patient id), content (near-duplicates, see xraybatch dups) or both")

@@ -42,7 +42,7 @@ without xraybatch)::
 Group attributes hold the class and split names, size, interpolation, decode mode, source
 root, package version, creation time and ``complete``, which is written last: a store
 without ``complete: true`` is from an interrupted run. Format 2 (``format_version: 2``) adds
-``version`` and ``history`` (one entry per ingest and append, :func:`record_history`) and
+``version`` and ``history`` (one entry per ingest, append and split, :func:`history_attrs`) and
 ``n_images``, the committed rows: the root ``zarr.json`` (attributes and consolidated
 metadata, one atomic write) is the commit point of an append (:func:`commit`), so readers
 of the consolidated metadata see the last complete version while ``append_pending``
@@ -257,7 +257,8 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
            else {}),
     })
     # Chunk tasks then open every array from the root zarr.json alone (no read per array).
-    # The arrays' metadata changes after this only in write_split (consolidated again).
+    # Their metadata changes afterwards only through a consolidated commit: an append
+    # (grow, commit), a split (write_split) or kept near-duplicate pairs (write_pairs).
     return zarrio.consolidate(group)
 
 
@@ -435,7 +436,7 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any],
     """Written last, with the consolidated metadata, in one write of the root ``zarr.json``:
     from now on the store reads as complete.
 
-    ``entry`` (format 2) is its history entry (:func:`record_history`); ``extra`` more
+    ``entry`` (format 2) is its history entry (:func:`history_attrs`); ``extra`` more
     attributes (:func:`write_partials`' reference to the statistics partials).
     """
     attrs = {"summary": summary, "complete": True, "completed": _now(), **(extra or {})}
@@ -669,23 +670,6 @@ def split_token(values: np.ndarray, splits: list[str]) -> str:
     return digest.hexdigest()
 
 
-def record_history(group: zarr.Group, entry: dict[str, Any],
-                   attrs: dict[str, Any] | None = None) -> int:
-    """Commit ``attrs`` with ``entry`` appended to ``attrs["history"]`` under the next
-    ``version`` (:func:`history_attrs`), in one write of the root ``zarr.json``; the new
-    version.
-
-    Examples
-    --------
-    >>> record_history(group, {"action": "split", "source": "xraybatch split --restore",
-    ...                        "rows": [0, 248]}, {"split_token": "..."})  # doctest: +SKIP
-    2
-    """
-    new = history_attrs(dict(group.attrs), entry)
-    group.update_attributes({**(attrs or {}), **new})
-    return new["version"]
-
-
 def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
                 assignment: dict[str, Any], entry: dict[str, Any]) -> int:
     """Rewrite the active ``split`` whole with ``values`` (indices into ``splits``, the
@@ -720,12 +704,12 @@ def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
     sync(zarrio.whole_chunks(array._async_array).setitem(slice(None), values.astype(np.int8)))
     if splits != old:  # new names extend the flags; existing indices never change
         array.update_attributes(_split_flags(splits))
-    group.metadata.attributes.pop("split_pending")  # (dropped by the commit's write)
-    version = record_history(group, entry, {
-        "splits": list(splits), "split_assignment": assignment,
-        "split_token": split_token(values, splits)})
-    zarrio.consolidate(group)
-    return version
+    # The commit: attributes, history and the split's new flags in one root zarr.json write.
+    attrs = history_attrs(dict(group.attrs), entry)
+    zarrio.consolidate(group, {**attrs, "splits": list(splits), "split_assignment": assignment,
+                               "split_token": split_token(values, splits)},
+                       drop=("split_pending",))
+    return attrs["version"]
 
 
 def _save_original(group: zarr.Group, splits: list[str]) -> None:
