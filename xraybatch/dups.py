@@ -8,9 +8,15 @@ Two steps, neither of which compares all N x N pairs:
    ``WIDTH`` neighbours, and pairs whose closest code differs in more than
    ``MAX_DISTANCE`` bits are dropped; each row keeps its ``PER_ROW`` closest candidates.
    O(N log N) time and O(N) memory: a million rows take a few minutes on two cores.
-2. **Verification** (:func:`verify`): each candidate pair's thumbnails are aligned and
+2. **Prefilter** (:func:`prefilter`): each candidate row's spectrum descriptor
+   (:func:`xraybatch.fingerprint.spectrum_descriptors`, one Dask task per block of
+   contiguous rows, which reads whole chunks of thumbnails), then one cheap score per pair,
+   thousands of pairs at once: the pairs below ``fingerprint.PREFILTER`` (nearly all pairs
+   of different films, no planted copy of the benchmark) are not aligned.
+3. **Verification** (:func:`verify`): each remaining pair's thumbnails are aligned and
    scored (:func:`xraybatch.fingerprint.align_scores`), one Dask task per block of pairs, on
-   the same schedulers as ingest (a cluster's workers read the thumbnails themselves).
+   the same schedulers as ingest (a cluster's workers read the thumbnails themselves). The
+   scores are align_score's own: the prefilter only decides which pairs are scored.
 
 Byte-identical files (same SHA-256) are always pairs (score 1.0). Verified pairs scoring at
 least ``FLOOR`` are kept in the store (:func:`xraybatch.store.write_pairs`) with the rows they
@@ -46,12 +52,16 @@ MAX_DISTANCE = 20
 PER_ROW = 4
 #: Candidate pairs per verification task.
 BLOCK = 2048
+#: Rows per prefilter-descriptor task, and pairs per prefilter step.
+DESCRIBE_ROWS = 16384
+SCORE_PAIRS = 65536
 
 
 def _search_key(rows: int) -> dict[str, Any]:
     """What a kept set of pairs was computed with (they are reused only if all of it holds)."""
     return {"rows": int(rows), "fingerprint_version": fingerprint.VERSION, "floor": FLOOR,
-            "search": [WIDTH, ROTATIONS, MAX_DISTANCE, PER_ROW]}
+            "search": [WIDTH, ROTATIONS, MAX_DISTANCE, PER_ROW],
+            "prefilter": fingerprint.PREFILTER}
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -236,6 +246,51 @@ def _verify_block(sources: _Sources, pairs: np.ndarray) -> np.ndarray:
     return fingerprint.align_scores(thumbs[index[:, 0]], thumbs[index[:, 1]])
 
 
+def _describe_block(sources: _Sources, rows: np.ndarray) -> np.ndarray:
+    """The Dask task: read the thumbnails of ``rows`` (sorted, mostly contiguous), return
+    their spectrum descriptors."""
+    import cv2
+
+    cv2.setNumThreads(1)  # Dask runs one task per core
+    return fingerprint.spectrum_descriptors(_thumbs(sources, rows))
+
+
+def prefilter(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
+              workers: int | None = None) -> np.ndarray:
+    """Which pairs are worth aligning: bool per pair, ``spectrum_scores >= PREFILTER``.
+
+    The descriptors of the pairs' rows are Dask tasks over blocks of ``DESCRIBE_ROWS``
+    sorted rows (whole chunks of ``fp_thumb`` read once, whichever scheduler); the scores,
+    a few dot products per pair, are computed here, ``SCORE_PAIRS`` pairs at a time
+    (float32 descriptors: 1.2 KB per row, 1.2 GB for a million rows).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dask.delayed import Delayed
+
+    from .ingest import compute
+
+    if not len(pairs):
+        return np.zeros(0, bool)
+    rows = _sorted_unique(pairs.ravel())
+    token = hashlib.sha256(repr(sources).encode() + rows.tobytes()).hexdigest()[:24]
+    tasks = []
+    for i, start in enumerate(range(0, len(rows), DESCRIBE_ROWS)):
+        key = f"xraybatch-describe-{i:06d}-{token}"
+        part = rows[start:start + DESCRIBE_ROWS]
+        tasks.append(Delayed(key, {key: (_describe_block, sources, part)}))
+    described = np.concatenate(compute(tasks, scheduler, workers))
+    index = np.searchsorted(rows, pairs)
+
+    def keep(start: int) -> np.ndarray:
+        block = index[start:start + SCORE_PAIRS]
+        return fingerprint.spectrum_scores(described[block[:, 0]], described[block[:, 1]]
+                                           ) >= fingerprint.PREFILTER
+
+    with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
+        return np.concatenate(list(pool.map(keep, range(0, len(pairs), SCORE_PAIRS))))
+
+
 def verify(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
            workers: int | None = None) -> np.ndarray:
     """Score every pair, one task per ``BLOCK`` pairs, on a local scheduler or a client."""
@@ -285,6 +340,7 @@ def _search(ds: XrayStore, new_from: int, scheduler: Any, workers: int | None
     exact = exact_pairs(ds.sha256, valid)
     exact = exact[exact[:, 1] >= new_from]
     sources = _Sources((ds.ref,), (0,))
+    candidates = candidates[prefilter(sources, candidates, scheduler, workers)]
     scores = verify(sources, candidates, scheduler, workers)
     pairs = np.concatenate([candidates, exact])
     scores = np.concatenate([scores, np.ones(len(exact))])
@@ -464,6 +520,7 @@ def _across(stores: list[XrayStore], threshold: float, scheduler: Any,
     exact = exact_pairs(sha, valid)
     exact = exact[store_of[exact[:, 0]] != store_of[exact[:, 1]]]
     sources = _Sources(tuple(ds.ref for ds in stores), tuple(int(o) for o in offsets[:-1]))
+    candidates = candidates[prefilter(sources, candidates, scheduler, workers)]
     scores = np.concatenate([verify(sources, candidates, scheduler, workers),
                              np.ones(len(exact))])
     pairs, scores = _best(np.concatenate([candidates, exact]), scores, len(codes))
