@@ -264,8 +264,6 @@ def prefilter(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
     a few dot products per pair, are computed here, ``SCORE_PAIRS`` pairs at a time
     (float32 descriptors: 1.2 KB per row, 1.2 GB for a million rows).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from dask.delayed import Delayed
 
     from .ingest import compute
@@ -280,13 +278,31 @@ def prefilter(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
         part = rows[start:start + DESCRIBE_ROWS]
         tasks.append(Delayed(key, {key: (_describe_block, sources, part)}))
     described = np.concatenate(compute(tasks, scheduler, workers))
-    index = np.searchsorted(rows, pairs)
+    return prefilter_keep(described, np.searchsorted(rows, pairs), workers)
+
+
+def prefilter_keep(described: np.ndarray, pairs: np.ndarray, workers: int | None = None
+                   ) -> np.ndarray:
+    """bool per pair of rows of ``described`` (:func:`xraybatch.fingerprint.
+    spectrum_descriptors`): ``spectrum_scores >= PREFILTER``, ``SCORE_PAIRS`` pairs at a time
+    on ``workers`` threads (numpy releases the GIL).
+
+    Examples
+    --------
+    >>> d = fingerprint.spectrum_descriptors(np.random.default_rng(0).integers(
+    ...     0, 256, (3, 64, 64), np.uint8))
+    >>> prefilter_keep(d, np.array([[0, 0], [0, 1]])).tolist()
+    [True, False]
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     def keep(start: int) -> np.ndarray:
-        block = index[start:start + SCORE_PAIRS]
+        block = pairs[start:start + SCORE_PAIRS]
         return fingerprint.spectrum_scores(described[block[:, 0]], described[block[:, 1]]
                                            ) >= fingerprint.PREFILTER
 
+    if not len(pairs):
+        return np.zeros(0, bool)
     with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
         return np.concatenate(list(pool.map(keep, range(0, len(pairs), SCORE_PAIRS))))
 
