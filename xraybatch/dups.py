@@ -50,6 +50,9 @@ WIDTH = 8
 ROTATIONS = 8
 MAX_DISTANCE = 20
 PER_ROW = 4
+#: Candidate search: pending keys per row that trigger a reduction to each row's closest
+#: (fewer sorts than once per ordering; more memory).
+REDUCE_EVERY = 8
 #: Candidate pairs per verification task.
 BLOCK = 2048
 #: Rows per prefilter-descriptor task, and pairs per prefilter step.
@@ -125,9 +128,10 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
     # farther than both can no longer be kept (128: the row has fewer candidates).
     worst_a, worst_b = np.full(n, 128), np.full(n, 128)
     step = 64 // rotations
-    for k, r in itertools.product(range(codes.shape[1]), range(rotations)):
+    found, pending = [kept], 0
+    orderings = list(itertools.product(range(codes.shape[1]), range(rotations)))
+    for i, (k, r) in enumerate(orderings):
         order = rows[np.argsort(_rotate(codes[rows, k], r * step))]
-        found = [kept]
         for j in range(1, width + 1):
             a, b = np.minimum(order[:-j], order[j:]), np.maximum(order[:-j], order[j:])
             keep = b >= new_from
@@ -140,8 +144,13 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
             d = code_distance(codes, a, b)
             useful = (d <= worst_a[a]) | (d <= worst_b[b])
             found.append((a[useful] * 128 + d[useful]) * n + b[useful])
-        # Reduced after each ordering: memory holds O(rows x (per_row + width)).
-        kept, worst_a, worst_b = _closest(np.concatenate(found), n, per_row)
+            pending += len(found[-1])
+        # Reduced once REDUCE_EVERY keys per row are pending (and at the end): memory holds
+        # O(rows x (per_row + REDUCE_EVERY)). A pair left out of a reduction is never among
+        # the closest later (the sets only grow), so the result does not depend on when.
+        if pending > REDUCE_EVERY * len(rows) or i == len(orderings) - 1:
+            kept, worst_a, worst_b = _closest(np.concatenate(found), n, per_row)
+            found, pending = [kept], 0
     pairs = np.column_stack([kept // n // 128, kept % n]).astype(np.int64)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
