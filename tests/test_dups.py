@@ -311,6 +311,10 @@ def test_benchmark_quick_smoke(synth_small: Path, tmp_path: Path) -> None:
     default = [r for r in result["table"] if "(default)" in r["tool"]][0]
     assert default["planted"] == 2 * len(bench.KINDS) and default["found"] == default["planted"]
     assert result["search"][0]["n"] == 20_000 and result["search"][0]["candidates"] > 0
+    whole = result["pipeline"][0]
+    assert whole["n"] == 5000 and 0 < whole["verified"] <= whole["candidates"]
+    assert whole["planted_found"] <= whole["planted_past_prefilter"] <= whole[
+        "planted_in_candidates"]
     assert 0 < result["fingerprint_cost"]["fingerprint_ms"] < result["fingerprint_cost"][
         "decode_ms"]
 
