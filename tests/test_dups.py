@@ -289,18 +289,20 @@ def test_all_pairs_of_identical_files_are_exact(real_planted) -> None:
 
 
 def test_verification_on_a_distributed_client_equals_threads(real_planted) -> None:
-    """The verification tasks run on a Dask client as on local threads (the workers read the
-    thumbnails from the store themselves)."""
+    """The prefilter and verification tasks run on a Dask client as on local threads (the
+    workers read the thumbnails from the store themselves)."""
     distributed = pytest.importorskip("distributed")
     ds, _, _ = real_planted
     pairs = dups.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))[:300]
     sources = dups._Sources((ds.ref,), (0,))
     local = dups.verify(sources, pairs, "threads")
+    kept = dups.prefilter(sources, pairs, "threads")
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
                             dashboard_address=None) as client:
         remote = dups.verify(sources, pairs, client)
+        np.testing.assert_array_equal(dups.prefilter(sources, pairs, client), kept)
     np.testing.assert_array_equal(local, remote)
-    assert len(local) == len(pairs)
+    assert len(local) == len(pairs) == len(kept)
 
 
 def test_benchmark_quick_smoke(synth_small: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ Two steps, neither of which compares all N x N pairs:
    any block of leading bits become neighbours), each row is paired with its next
    ``WIDTH`` neighbours, and pairs whose closest code differs in more than
    ``MAX_DISTANCE`` bits are dropped; each row keeps its ``PER_ROW`` closest candidates.
-   O(N log N) time and O(N) memory: a million rows take a few minutes on two cores.
+   O(N log N) time and O(N) memory: a million rows take about a minute.
 2. **Prefilter** (:func:`prefilter`): each candidate row's spectrum descriptor
    (:func:`xraybatch.fingerprint.spectrum_descriptors`, one Dask task per block of
    contiguous rows, which reads whole chunks of thumbnails), then one cheap score per pair,
