@@ -15,8 +15,9 @@ Two steps, neither of which compares all N x N pairs:
    of different films, no planted copy of the benchmark) are not aligned.
 3. **Verification** (:func:`verify`): each remaining pair's thumbnails are aligned and
    scored (:func:`xraybatch.fingerprint.align_scores`), one Dask task per block of pairs, on
-   the same schedulers as ingest (a cluster's workers read the thumbnails themselves). The
-   scores are align_score's own: the prefilter only decides which pairs are scored.
+   the same schedulers as ingest; the thumbnails are read first by tasks over blocks of
+   sorted rows (a cluster's workers read them from the store). The scores are align_score's
+   own: the prefilter only decides which pairs are scored.
 
 Byte-identical files (same SHA-256) are always pairs (score 1.0). Verified pairs scoring at
 least ``FLOOR`` are kept in the store (:func:`xraybatch.store.write_pairs`) with the rows they
@@ -244,15 +245,29 @@ def _thumbs(sources: _Sources, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _verify_block(sources: _Sources, pairs: np.ndarray) -> np.ndarray:
-    """The Dask task: read the thumbnails of a block of pairs, score each pair."""
+def _score_block(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The Dask task: align_score of each pair of rows of ``thumbs``."""
     import cv2
 
     cv2.setNumThreads(1)  # Dask runs one task per core
-    rows = np.unique(pairs)
-    thumbs = _thumbs(sources, rows)
-    index = np.searchsorted(rows, pairs)
-    return fingerprint.align_scores(thumbs[index[:, 0]], thumbs[index[:, 1]])
+    return fingerprint.align_scores(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]])
+
+
+def _by_rows(sources: _Sources, rows: np.ndarray, task: Any, name: str, scheduler: Any,
+             workers: int | None) -> np.ndarray:
+    """``task(sources, part)`` for each block of ``DESCRIBE_ROWS`` of the sorted ``rows``,
+    concatenated: each task reads its rows' chunks of ``fp_thumb`` once (a block of pairs
+    would read a chunk for nearly every pair's second row)."""
+    from dask.delayed import Delayed
+
+    from .ingest import compute
+
+    token = hashlib.sha256(repr(sources).encode() + rows.tobytes()).hexdigest()[:24]
+    tasks = []
+    for i, start in enumerate(range(0, len(rows), DESCRIBE_ROWS)):
+        key = f"xraybatch-{name}-{i:06d}-{token}"
+        tasks.append(Delayed(key, {key: (task, sources, rows[start:start + DESCRIBE_ROWS])}))
+    return np.concatenate(compute(tasks, scheduler, workers))
 
 
 def _describe_block(sources: _Sources, rows: np.ndarray) -> np.ndarray:
@@ -273,20 +288,10 @@ def prefilter(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
     a few dot products per pair, are computed here, ``SCORE_PAIRS`` pairs at a time
     (float32 descriptors: 1.2 KB per row, 1.2 GB for a million rows).
     """
-    from dask.delayed import Delayed
-
-    from .ingest import compute
-
     if not len(pairs):
         return np.zeros(0, bool)
     rows = _sorted_unique(pairs.ravel())
-    token = hashlib.sha256(repr(sources).encode() + rows.tobytes()).hexdigest()[:24]
-    tasks = []
-    for i, start in enumerate(range(0, len(rows), DESCRIBE_ROWS)):
-        key = f"xraybatch-describe-{i:06d}-{token}"
-        part = rows[start:start + DESCRIBE_ROWS]
-        tasks.append(Delayed(key, {key: (_describe_block, sources, part)}))
-    described = np.concatenate(compute(tasks, scheduler, workers))
+    described = _by_rows(sources, rows, _describe_block, "describe", scheduler, workers)
     return prefilter_keep(described, np.searchsorted(rows, pairs), workers)
 
 
@@ -318,18 +323,26 @@ def prefilter_keep(described: np.ndarray, pairs: np.ndarray, workers: int | None
 
 def verify(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
            workers: int | None = None) -> np.ndarray:
-    """Score every pair, one task per ``BLOCK`` pairs, on a local scheduler or a client."""
+    """align_score of every pair, on a local scheduler or a client: the pairs' thumbnails
+    are read by tasks over blocks of sorted rows (:func:`_by_rows`), then aligned by one task
+    per ``BLOCK`` pairs, each given the thumbnails of its own rows (4 KB each)."""
     from dask.delayed import Delayed
 
     from .ingest import compute
 
     if not len(pairs):
         return np.zeros(0)
+    rows = _sorted_unique(pairs.ravel())
+    thumbs = _by_rows(sources, rows, _thumbs, "thumbs", scheduler, workers)
+    index = np.searchsorted(rows, pairs)
     token = hashlib.sha256(repr(sources).encode() + pairs.tobytes()).hexdigest()[:24]
     tasks = []
     for i, start in enumerate(range(0, len(pairs), BLOCK)):
+        block = index[start:start + BLOCK]
+        mine = _sorted_unique(block.ravel())
         key = f"xraybatch-dups-{i:06d}-{token}"
-        tasks.append(Delayed(key, {key: (_verify_block, sources, pairs[start:start + BLOCK])}))
+        local = np.searchsorted(mine, block)
+        tasks.append(Delayed(key, {key: (_score_block, thumbs[mine], local)}))
     return np.concatenate(compute(tasks, scheduler, workers))
 
 
