@@ -43,7 +43,8 @@ from .store import StoreError, StoreRef, XrayStore, write_pairs
 #: planted altered copies of the Kermany sample scored >= 0.71, different films <= 0.58.
 DEFAULT_THRESHOLD = 0.65
 #: Lowest score kept in the store: thresholds from FLOOR to 1 are answered from it. Below,
-#: the verification stops early and its score is only an upper bound of the truth.
+#: the verification stops early and its score is only an upper bound of the truth. Only
+#: pairs past the prefilter (fingerprint.PREFILTER, set for copies) are scored at all.
 FLOOR = fingerprint._HOPELESS
 #: Candidate search: sorted neighbours per ordering, bit rotations per code, the largest
 #: distance (bits) of the closest code, candidates verified per row.
