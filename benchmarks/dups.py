@@ -1,6 +1,7 @@
 """Near-duplicate benchmark: planted altered copies, xraybatch against imagededup and cleanvision.
 
     python benchmarks/dups.py [SRC] [--out DIR] [--per-kind 10] [--peers] [--sizes 100000,1000000]
+                              [--pipeline 1000000]
 
 1. **Set**: every image of SRC (default: the shared Kermany sample) is copied as it is, in
    its own split; ``--per-kind`` originals per alteration kind get an altered copy planted
@@ -15,11 +16,15 @@
    group.
 3. **Search alone** at ``--sizes`` synthetic fingerprints (each size in a fresh process:
    time and peak RSS of candidate search, and the verification cost per pair).
-4. **Fingerprint cost**: CPU per image of the fingerprint against the chunk task's own read,
+4. **The whole search** at ``--pipeline`` sizes (each in a fresh process): candidates,
+   prefilter and verification of synthetic codes whose rows carry real films' thumbnails
+   (:func:`pipeline_alone`); time per step, peak RSS, recall of the planted copies.
+5. **Fingerprint cost**: CPU per image of the fingerprint against the chunk task's own read,
    decode, resize and histogram of the same image (serial, interleaved).
 
 Writes OUT/dups.json and prints Markdown tables (benchmarks/README.md, "Near-duplicates").
-``--quick`` is a smoke test (2 per kind, no peers, 20,000 fingerprints).
+``--quick`` is a smoke test (2 per kind, no peers, 20,000 fingerprints searched, 5,000 through
+the whole search).
 """
 
 from __future__ import annotations
@@ -275,6 +280,114 @@ def search_alone(n: int) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def _real_pool(store: str, truth_csv: str
+               ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Thumbnails of the benchmark's store: the films of SRC first, then the originals and
+    copies of its planted pairs; the content (film) of each; the number of films; the
+    (original, copy) indices of each planted pair."""
+    import xraybatch
+
+    ds = xraybatch.open(store)
+    thumbs = ds.fingerprint_thumbs(np.arange(len(ds)))
+    paths = list(ds.paths)
+    truth = pd.read_csv(truth_csv)
+    row = {p: i for i, p in enumerate(paths)}
+    copies = {row[c] for c in truth["copy"]}
+    films = [i for i in range(len(ds)) if i not in copies and ds.valid[i]]
+    pairs = np.array([[row[o], row[c]] for o, c in zip(truth.original, truth["copy"],
+                                                        strict=True)])
+    pool = np.concatenate([thumbs[films], thumbs[pairs[:, 0]], thumbs[pairs[:, 1]]])
+    # Films with identical thumbnails (the sample's byte-identical pair) are one content.
+    same = np.unique(thumbs[films].reshape(len(films), -1), axis=0, return_inverse=True)[1]
+    of_film = same.ravel()[np.searchsorted(films, pairs[:, 0])]
+    content = np.concatenate([same.ravel(), of_film, of_film])
+    k, m = len(films), len(pairs)
+    return pool, content, k, np.column_stack([k + np.arange(m), k + m + np.arange(m)])
+
+
+def pipeline_alone(n: int, store: str, truth_csv: str, workers: int = 2) -> dict:
+    """``near_duplicate_pairs``' steps on n synthetic fingerprints, in this process (call in a
+    fresh one): candidate search on :func:`synthetic_codes`, prefilter descriptors of every
+    candidate row, prefilter scores, ``align_scores`` of the survivors (``workers`` threads,
+    as the Dask threads scheduler runs the tasks; the store reads are not part of it).
+
+    Each row's thumbnail is one of the real films of the benchmark's store (row i: film
+    i mod films), and each planted pair of codes gets the thumbnails of one of the real
+    planted (original, altered copy) pairs, so that the prefilter and the verification see
+    real films: different films for almost every candidate pair, real copies for the
+    planted ones. Pairs of two rows given the same film are counted apart.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import cv2
+
+    from xraybatch import dups, fingerprint
+
+    cv2.setNumThreads(1)
+    pool, content, n_films, real_pairs = _real_pool(store, truth_csv)
+    codes, planted = synthetic_codes(n)
+    film = np.arange(n) % n_films
+    taken = np.zeros(n, bool)
+    used = []
+    for k, (a, b, _) in enumerate(planted.tolist()):
+        if taken[a] or taken[b]:
+            continue  # a row in two planted pairs keeps its first film
+        film[a], film[b] = real_pairs[k % len(real_pairs)]
+        taken[a] = taken[b] = True
+        used.append((a, b))
+    used = np.array(used)
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn, *args):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn(*args)
+        times[name] = [time.perf_counter() - t0, time.process_time() - c0]
+        return out
+
+    def describe(rows: np.ndarray) -> np.ndarray:
+        parts = [rows[i:i + dups.DESCRIBE_ROWS] for i in range(0, len(rows), dups.DESCRIBE_ROWS)]
+        with ThreadPoolExecutor(workers) as ex:
+            return np.concatenate(list(ex.map(
+                lambda r: fingerprint.spectrum_descriptors(pool[film[r]]), parts)))
+
+    def verify(pairs: np.ndarray) -> np.ndarray:
+        blocks = [pairs[i:i + dups.BLOCK] for i in range(0, len(pairs), dups.BLOCK)]
+        with ThreadPoolExecutor(workers) as ex:
+            return np.concatenate([np.zeros(0)] + list(ex.map(
+                lambda p: fingerprint.align_scores(pool[film[p[:, 0]]], pool[film[p[:, 1]]]),
+                blocks)))
+
+    candidates = timed("candidates", dups.candidate_pairs, codes)
+    rows = dups._sorted_unique(candidates.ravel())
+    described = timed("descriptors", describe, rows)
+    keep = timed("prefilter", dups.prefilter_keep, described, np.searchsorted(rows, candidates),
+                 workers)
+    del described
+    survivors = candidates[keep]
+    scores = timed("verification", verify, survivors)
+    reported = survivors[scores >= dups.DEFAULT_THRESHOLD]
+    key = candidates[:, 0] * n + candidates[:, 1]
+    planted_key = used[:, 0] * n + used[:, 1]
+    in_candidates = np.isin(planted_key, key)
+    passed = np.isin(planted_key, survivors[:, 0] * n + survivors[:, 1])
+    found = np.isin(planted_key, reported[:, 0] * n + reported[:, 1])
+    same_film = content[film[reported[:, 0]]] == content[film[reported[:, 1]]]
+    other = ~np.isin(reported[:, 0] * n + reported[:, 1], planted_key) & ~same_film
+    return {"n": n, "workers": workers, "candidates": len(candidates),
+            "candidates_same_film": int((content[film[candidates[:, 0]]]
+                                         == content[film[candidates[:, 1]]]).sum()),
+            "verified": len(survivors), "reported": len(reported),
+            "reported_same_film": int(same_film.sum()), "reported_other": int(other.sum()),
+            "planted": len(used), "planted_in_candidates": float(in_candidates.mean()),
+            "planted_past_prefilter": float(passed.mean()), "planted_found": float(found.mean()),
+            "planted_found_of_candidates": float(found[in_candidates].mean()),
+            "seconds": {k: v[0] for k, v in times.items()},
+            "cpu_seconds": {k: v[1] for k, v in times.items()},
+            "total_seconds": sum(v[0] for v in times.values()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "load": os.getloadavg()}
+
+
 def verify_cost(n_pairs: int = 400) -> float:
     """Seconds per verified pair (one thread) that needs the whole alignment grid: synthetic
     films against copies of themselves turned by 3 degrees. The worst case: a pair of
@@ -348,13 +461,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", action="store_true", help="also run imagededup and cleanvision")
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--pipeline", default="1000000",
+                   help="sizes of the whole search (candidates, prefilter, verification)")
     p.add_argument("--search-only", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--pipeline-only", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.search_only:
         print(json.dumps(search_alone(args.search_only)))
         return 0
+    if args.pipeline_only:
+        n, store, truth_csv = args.pipeline_only
+        print(json.dumps(pipeline_alone(int(n), store, truth_csv)))
+        return 0
     if args.quick:
-        args.per_kind, args.sizes, args.peers = 2, "20000", False
+        args.per_kind, args.sizes, args.peers, args.pipeline = 2, "20000", False, "5000"
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     root = work / "set"
@@ -390,13 +510,21 @@ def main(argv: list[str] | None = None) -> int:
                               capture_output=True, text=True, check=True)
         search.append(json.loads(done.stdout))
         print(f"search alone, {n:,} fingerprints: {search[-1]}", flush=True)
+    pipeline = []
+    for n in (int(s) for s in args.pipeline.split(",") if s):
+        done = subprocess.run([sys.executable, str(HERE), "--pipeline-only", str(n),
+                               str(work / "dups.zarr"), str(work / "truth.csv")],
+                              capture_output=True, text=True, check=True)
+        pipeline.append(json.loads(done.stdout))
+        print(f"whole search, {n:,} fingerprints: {pipeline[-1]}", flush=True)
     cost = fingerprint_cost(Path(args.src), 2 if args.quick else 5)
     print(f"fingerprint cost: {cost}", flush=True)
     per_pair = verify_cost()
     print(f"verification: {per_pair * 1e3:.2f} ms per pair (one thread); machine: {_machine()}")
     (work / "dups.json").write_text(json.dumps({
         "machine": _machine(), "n_images": n_images, "planted": len(truth),
-        "table": table, "search": search, "verify_seconds_per_pair": per_pair,
+        "table": table, "search": search, "pipeline": pipeline,
+        "verify_seconds_per_pair": per_pair,
         "fingerprint_cost": cost}, indent=1))
     return 0
 

@@ -14,7 +14,7 @@ import zarr
 from conftest import benchmark_module
 
 import xraybatch
-from xraybatch import dups, zarrio
+from xraybatch import dups, fingerprint, zarrio
 from xraybatch.cli import main
 from xraybatch.store import StoreError
 
@@ -314,18 +314,20 @@ def test_all_pairs_of_identical_files_are_exact(real_planted) -> None:
 
 
 def test_verification_on_a_distributed_client_equals_threads(real_planted) -> None:
-    """The verification tasks run on a Dask client as on local threads (the workers read the
-    thumbnails from the store themselves)."""
+    """The prefilter and verification tasks run on a Dask client as on local threads (the
+    workers read the thumbnails from the store themselves)."""
     distributed = pytest.importorskip("distributed")
     ds, _, _ = real_planted
     pairs = dups.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))[:300]
     sources = dups._Sources((ds.ref,), (0,))
     local = dups.verify(sources, pairs, "threads")
+    kept = dups.prefilter(sources, pairs, "threads")
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
                             dashboard_address=None) as client:
         remote = dups.verify(sources, pairs, client)
+        np.testing.assert_array_equal(dups.prefilter(sources, pairs, client), kept)
     np.testing.assert_array_equal(local, remote)
-    assert len(local) == len(pairs)
+    assert len(local) == len(pairs) == len(kept)
 
 
 def test_benchmark_quick_smoke(synth_small: Path, tmp_path: Path) -> None:
@@ -336,5 +338,31 @@ def test_benchmark_quick_smoke(synth_small: Path, tmp_path: Path) -> None:
     default = [r for r in result["table"] if "(default)" in r["tool"]][0]
     assert default["planted"] == 2 * len(bench.KINDS) and default["found"] == default["planted"]
     assert result["search"][0]["n"] == 20_000 and result["search"][0]["candidates"] > 0
+    whole = result["pipeline"][0]
+    assert whole["n"] == 5000 and 0 < whole["verified"] <= whole["candidates"]
+    assert whole["planted_found"] <= whole["planted_past_prefilter"] <= whole[
+        "planted_in_candidates"]
     assert 0 < result["fingerprint_cost"]["fingerprint_ms"] < result["fingerprint_cost"][
         "decode_ms"]
+
+
+def test_prefilter_keeps_every_pair_that_verifies_and_drops_most_others(real_planted) -> None:
+    """On real films: every candidate pair that align_score (the plain reference, on every
+    candidate) scores at or above the default threshold passes the prefilter; most candidate
+    pairs of different films do not; the reported pairs carry align_score's own scores."""
+    ds, truth, natural = real_planted
+    pairs = dups.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))
+    thumbs = ds.fingerprint_thumbs(np.arange(len(ds)))
+    reference = fingerprint.align_scores(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]])
+    keep = dups.prefilter(dups._Sources((ds.ref,), (0,)), pairs)
+    verified = reference >= dups.DEFAULT_THRESHOLD
+    assert verified.sum() >= len(truth) and keep[verified].all()
+    group = _bench().same_content(truth, natural)
+    paths = ds.paths
+    different = np.array([group.get(paths[a], paths[a]) != group.get(paths[b], paths[b])
+                          for a, b in pairs])
+    assert different.sum() > 1000 and keep[different].mean() < 0.1
+    found = dups.near_duplicate_pairs(ds, keep=False)
+    expected = dict(zip(map(tuple, pairs.tolist()), reference, strict=True))
+    for a, b, score in zip(found.a, found.b, found.score, strict=True):
+        assert score == expected.get((a, b), 1.0)  # exact copies: 1.0

@@ -134,3 +134,56 @@ def test_chunk_task_fingerprints_equal_the_pure_function(synth_small: Path,
         "*.jpeg"))),), 64, "auto", "fast", decode.MAX_PIXELS)
     _, _, records, _ = process_chunk(task)
     assert set(store.FINGERPRINT_ARRAYS) <= set(records)
+
+
+# --- the prefilter --------------------------------------------------------------------------
+
+
+def _reference_spectrum(thumb: np.ndarray) -> np.ndarray:
+    """Plain numpy, one image: contrast, area shrink, Hann window, the full 2-D spectrum
+    centred, read at each polar sample by bilinear interpolation in a loop."""
+    side = fingerprint._SPEC_SIDE
+    small = cv2.resize(fingerprint.local_contrast(thumb, fingerprint._SCORE_SIGMA), (side, side),
+                       interpolation=cv2.INTER_AREA)
+    window = np.outer(np.hanning(side), np.hanning(side))
+    magnitude = np.fft.fftshift(np.log1p(np.abs(np.fft.fft2(small * window))))
+    out = []
+    for i in range(fingerprint._SPEC_ANGLES):
+        angle = -np.pi / 2 + np.pi * i / fingerprint._SPEC_ANGLES
+        for j in range(fingerprint._SPEC_SKIP, fingerprint._SPEC_RADII):
+            r = fingerprint._SPEC_RADIUS * j / fingerprint._SPEC_RADII
+            x, y = side // 2 + max(0.0, r * np.cos(angle)), side // 2 + r * np.sin(angle)
+            x0, y0 = int(np.floor(x)), int(np.floor(y))
+            fx, fy = x - x0, y - y0
+            out.append((1 - fy) * ((1 - fx) * magnitude[y0, x0] + fx * magnitude[y0, x0 + 1])
+                       + fy * ((1 - fx) * magnitude[y0 + 1, x0] + fx * magnitude[y0 + 1, x0 + 1]))
+    out = np.array(out) - np.mean(out)
+    return out / np.linalg.norm(out)
+
+
+def test_spectrum_descriptors_and_scores_match_plain_references() -> None:
+    rng = np.random.default_rng(7)
+    films = [synth_image(np.random.default_rng(i), 256, 256, "NORMAL") for i in range(3)]
+    thumbs = np.array([fingerprint.equalized_thumbnail(f) for f in films]
+                      + [rng.integers(0, 256, (64, 64), np.uint8) for _ in range(300)])
+    got = fingerprint.spectrum_descriptors(thumbs)  # 303 rows: two batches of 256
+    expected = np.array([_reference_spectrum(t) for t in thumbs])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    a, b = rng.integers(0, len(thumbs), (2, 500))
+    plain = [max(float(got[i].reshape(fingerprint._SPEC_ANGLES, -1).ravel()
+                       @ np.roll(got[j].reshape(fingerprint._SPEC_ANGLES, -1), t, axis=0).ravel())
+                 for t in (-1, 0, 1)) for i, j in zip(a, b, strict=True)]
+    np.testing.assert_allclose(fingerprint.spectrum_scores(got[a], got[b]), plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", _bench().KINDS)
+def test_prefilter_passes_every_copy_that_verifies(films: list[np.ndarray], kind: str) -> None:
+    """The prefilter never drops a copy (each alteration kind) that align_score accepts."""
+    bench = _bench()
+    rng = np.random.default_rng(6)
+    for i in (0, 1, 2):
+        original = _stored_thumb(bench._jpeg(films[i], 95))
+        copy = _stored_thumb(bench.alter(films[i], kind, rng)[1])
+        assert fingerprint.align_score(original, copy) >= dups.DEFAULT_THRESHOLD
+        d = fingerprint.spectrum_descriptors(np.array([original, copy]))
+        assert fingerprint.spectrum_scores(d[:1], d[1:])[0] >= fingerprint.PREFILTER, (kind, i)

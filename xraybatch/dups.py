@@ -7,10 +7,17 @@ Two steps, neither of which compares all N x N pairs:
    any block of leading bits become neighbours), each row is paired with its next
    ``WIDTH`` neighbours, and pairs whose closest code differs in more than
    ``MAX_DISTANCE`` bits are dropped; each row keeps its ``PER_ROW`` closest candidates.
-   O(N log N) time and O(N) memory: a million rows take a few minutes on two cores.
-2. **Verification** (:func:`verify`): each candidate pair's thumbnails are aligned and
+   O(N log N) time and O(N) memory: a million rows take about a minute.
+2. **Prefilter** (:func:`prefilter`): each candidate row's spectrum descriptor
+   (:func:`xraybatch.fingerprint.spectrum_descriptors`, one Dask task per block of
+   contiguous rows, which reads whole chunks of thumbnails), then one cheap score per pair,
+   thousands of pairs at once: the pairs below ``fingerprint.PREFILTER`` (nearly all pairs
+   of different films, no planted copy of the benchmark) are not aligned.
+3. **Verification** (:func:`verify`): each remaining pair's thumbnails are aligned and
    scored (:func:`xraybatch.fingerprint.align_scores`), one Dask task per block of pairs, on
-   the same schedulers as ingest (a cluster's workers read the thumbnails themselves).
+   the same schedulers as ingest; the thumbnails are read first by tasks over blocks of
+   sorted rows (a cluster's workers read them from the store). The scores are align_score's
+   own: the prefilter only decides which pairs are scored.
 
 Byte-identical files (same SHA-256) are always pairs (score 1.0). Verified pairs scoring at
 least ``FLOOR`` are kept in the store (:func:`xraybatch.store.write_pairs`) with the rows they
@@ -36,7 +43,8 @@ from .store import StoreError, StoreRef, XrayStore, write_pairs
 #: planted altered copies of the Kermany sample scored >= 0.71, different films <= 0.58.
 DEFAULT_THRESHOLD = 0.65
 #: Lowest score kept in the store: thresholds from FLOOR to 1 are answered from it. Below,
-#: the verification stops early and its score is only an upper bound of the truth.
+#: the verification stops early and its score is only an upper bound of the truth. Only
+#: pairs past the prefilter (fingerprint.PREFILTER, set for copies) are scored at all.
 FLOOR = fingerprint._HOPELESS
 #: Candidate search: sorted neighbours per ordering, bit rotations per code, the largest
 #: distance (bits) of the closest code, candidates verified per row.
@@ -44,14 +52,21 @@ WIDTH = 8
 ROTATIONS = 8
 MAX_DISTANCE = 20
 PER_ROW = 4
+#: Candidate search: pending keys per row that trigger a reduction to each row's closest
+#: (fewer sorts than once per ordering; more memory).
+REDUCE_EVERY = 8
 #: Candidate pairs per verification task.
 BLOCK = 2048
+#: Rows per prefilter-descriptor task, and pairs per prefilter step.
+DESCRIBE_ROWS = 16384
+SCORE_PAIRS = 65536
 
 
 def _search_key(rows: int) -> dict[str, Any]:
     """What a kept set of pairs was computed with (they are reused only if all of it holds)."""
     return {"rows": int(rows), "fingerprint_version": fingerprint.VERSION, "floor": FLOOR,
-            "search": [WIDTH, ROTATIONS, MAX_DISTANCE, PER_ROW]}
+            "search": [WIDTH, ROTATIONS, MAX_DISTANCE, PER_ROW],
+            "prefilter": fingerprint.PREFILTER}
 
 
 def _popcount(x: np.ndarray) -> np.ndarray:
@@ -115,9 +130,10 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
     # farther than both can no longer be kept (128: the row has fewer candidates).
     worst_a, worst_b = np.full(n, 128), np.full(n, 128)
     step = 64 // rotations
-    for k, r in itertools.product(range(codes.shape[1]), range(rotations)):
+    found, pending = [kept], 0
+    orderings = list(itertools.product(range(codes.shape[1]), range(rotations)))
+    for i, (k, r) in enumerate(orderings):
         order = rows[np.argsort(_rotate(codes[rows, k], r * step))]
-        found = [kept]
         for j in range(1, width + 1):
             a, b = np.minimum(order[:-j], order[j:]), np.maximum(order[:-j], order[j:])
             keep = b >= new_from
@@ -130,8 +146,13 @@ def candidate_pairs(codes: np.ndarray, rows: np.ndarray | None = None, *,
             d = code_distance(codes, a, b)
             useful = (d <= worst_a[a]) | (d <= worst_b[b])
             found.append((a[useful] * 128 + d[useful]) * n + b[useful])
-        # Reduced after each ordering: memory holds O(rows x (per_row + width)).
-        kept, worst_a, worst_b = _closest(np.concatenate(found), n, per_row)
+            pending += len(found[-1])
+        # Reduced once REDUCE_EVERY keys per row are pending (and at the end): memory holds
+        # O(rows x (per_row + REDUCE_EVERY)). A pair left out of a reduction is never among
+        # the closest later (the sets only grow), so the result does not depend on when.
+        if pending > REDUCE_EVERY * len(rows) or i == len(orderings) - 1:
+            kept, worst_a, worst_b = _closest(np.concatenate(found), n, per_row)
+            found, pending = [kept], 0
     pairs = np.column_stack([kept // n // 128, kept % n]).astype(np.int64)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
@@ -225,31 +246,104 @@ def _thumbs(sources: _Sources, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _verify_block(sources: _Sources, pairs: np.ndarray) -> np.ndarray:
-    """The Dask task: read the thumbnails of a block of pairs, score each pair."""
+def _score_block(thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The Dask task: align_score of each pair of rows of ``thumbs``."""
     import cv2
 
     cv2.setNumThreads(1)  # Dask runs one task per core
-    rows = np.unique(pairs)
-    thumbs = _thumbs(sources, rows)
-    index = np.searchsorted(rows, pairs)
-    return fingerprint.align_scores(thumbs[index[:, 0]], thumbs[index[:, 1]])
+    return fingerprint.align_scores(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]])
+
+
+def _by_rows(sources: _Sources, rows: np.ndarray, task: Any, name: str, scheduler: Any,
+             workers: int | None) -> np.ndarray:
+    """``task(sources, part)`` for each block of ``DESCRIBE_ROWS`` of the sorted ``rows``,
+    concatenated: each task reads its rows' chunks of ``fp_thumb`` once (a block of pairs
+    would read a chunk for nearly every pair's second row)."""
+    from dask.delayed import Delayed
+
+    from .ingest import compute
+
+    token = hashlib.sha256(repr(sources).encode() + rows.tobytes()).hexdigest()[:24]
+    tasks = []
+    for i, start in enumerate(range(0, len(rows), DESCRIBE_ROWS)):
+        key = f"xraybatch-{name}-{i:06d}-{token}"
+        tasks.append(Delayed(key, {key: (task, sources, rows[start:start + DESCRIBE_ROWS])}))
+    return np.concatenate(compute(tasks, scheduler, workers))
+
+
+def _describe_block(sources: _Sources, rows: np.ndarray) -> np.ndarray:
+    """The Dask task: read the thumbnails of ``rows`` (sorted, mostly contiguous), return
+    their spectrum descriptors."""
+    import cv2
+
+    cv2.setNumThreads(1)  # Dask runs one task per core
+    return fingerprint.spectrum_descriptors(_thumbs(sources, rows))
+
+
+def prefilter(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
+              workers: int | None = None) -> np.ndarray:
+    """Which pairs are worth aligning: bool per pair, ``spectrum_scores >= PREFILTER``.
+
+    The descriptors of the pairs' rows are Dask tasks over blocks of ``DESCRIBE_ROWS``
+    sorted rows (whole chunks of ``fp_thumb`` read once, whichever scheduler); the scores,
+    a few dot products per pair, are computed here, ``SCORE_PAIRS`` pairs at a time
+    (float32 descriptors: 1.2 KB per row, 1.2 GB for a million rows).
+    """
+    if not len(pairs):
+        return np.zeros(0, bool)
+    rows = _sorted_unique(pairs.ravel())
+    described = _by_rows(sources, rows, _describe_block, "describe", scheduler, workers)
+    return prefilter_keep(described, np.searchsorted(rows, pairs), workers)
+
+
+def prefilter_keep(described: np.ndarray, pairs: np.ndarray, workers: int | None = None
+                   ) -> np.ndarray:
+    """bool per pair of rows of ``described`` (:func:`xraybatch.fingerprint.
+    spectrum_descriptors`): ``spectrum_scores >= PREFILTER``, ``SCORE_PAIRS`` pairs at a time
+    on ``workers`` threads (numpy releases the GIL).
+
+    Examples
+    --------
+    >>> d = fingerprint.spectrum_descriptors(np.random.default_rng(0).integers(
+    ...     0, 256, (3, 64, 64), np.uint8))
+    >>> prefilter_keep(d, np.array([[0, 0], [0, 1]])).tolist()
+    [True, False]
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def keep(start: int) -> np.ndarray:
+        block = pairs[start:start + SCORE_PAIRS]
+        return fingerprint.spectrum_scores(described[block[:, 0]], described[block[:, 1]]
+                                           ) >= fingerprint.PREFILTER
+
+    if not len(pairs):
+        return np.zeros(0, bool)
+    with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:
+        return np.concatenate(list(pool.map(keep, range(0, len(pairs), SCORE_PAIRS))))
 
 
 def verify(sources: _Sources, pairs: np.ndarray, scheduler: Any = "threads",
            workers: int | None = None) -> np.ndarray:
-    """Score every pair, one task per ``BLOCK`` pairs, on a local scheduler or a client."""
+    """align_score of every pair, on a local scheduler or a client: the pairs' thumbnails
+    are read by tasks over blocks of sorted rows (:func:`_by_rows`), then aligned by one task
+    per ``BLOCK`` pairs, each given the thumbnails of its own rows (4 KB each)."""
     from dask.delayed import Delayed
 
     from .ingest import compute
 
     if not len(pairs):
         return np.zeros(0)
+    rows = _sorted_unique(pairs.ravel())
+    thumbs = _by_rows(sources, rows, _thumbs, "thumbs", scheduler, workers)
+    index = np.searchsorted(rows, pairs)
     token = hashlib.sha256(repr(sources).encode() + pairs.tobytes()).hexdigest()[:24]
     tasks = []
     for i, start in enumerate(range(0, len(pairs), BLOCK)):
+        block = index[start:start + BLOCK]
+        mine = _sorted_unique(block.ravel())
         key = f"xraybatch-dups-{i:06d}-{token}"
-        tasks.append(Delayed(key, {key: (_verify_block, sources, pairs[start:start + BLOCK])}))
+        local = np.searchsorted(mine, block)
+        tasks.append(Delayed(key, {key: (_score_block, thumbs[mine], local)}))
     return np.concatenate(compute(tasks, scheduler, workers))
 
 
@@ -285,6 +379,7 @@ def _search(ds: XrayStore, new_from: int, scheduler: Any, workers: int | None
     exact = exact_pairs(ds.sha256, valid)
     exact = exact[exact[:, 1] >= new_from]
     sources = _Sources((ds.ref,), (0,))
+    candidates = candidates[prefilter(sources, candidates, scheduler, workers)]
     scores = verify(sources, candidates, scheduler, workers)
     pairs = np.concatenate([candidates, exact])
     scores = np.concatenate([scores, np.ones(len(exact))])
@@ -464,6 +559,7 @@ def _across(stores: list[XrayStore], threshold: float, scheduler: Any,
     exact = exact_pairs(sha, valid)
     exact = exact[store_of[exact[:, 0]] != store_of[exact[:, 1]]]
     sources = _Sources(tuple(ds.ref for ds in stores), tuple(int(o) for o in offsets[:-1]))
+    candidates = candidates[prefilter(sources, candidates, scheduler, workers)]
     scores = np.concatenate([verify(sources, candidates, scheduler, workers),
                              np.ones(len(exact))])
     pairs, scores = _best(np.concatenate([candidates, exact]), scores, len(codes))
