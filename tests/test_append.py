@@ -496,6 +496,28 @@ def test_kill_then_append_anew_discards_the_interrupted_append(grown, tmp_path):
     assert_union(out, fresh, old)
 
 
+@pytest.mark.slow
+def test_kill_then_nothing_new_discards_the_interrupted_append(grown, tmp_path):
+    """A killed append whose new files are all gone: --append (nothing to add) drops it, so
+    the store is its previous version again, without append_pending, and writable (split)."""
+    src, away = grown["src"], tmp_path / "away"
+    out = _copy(grown["old"], tmp_path)
+    _killed_append(src, out, "chunks")
+    held = set(open_group(grown["old"])["path"][:])
+    _hide([p for p in src.rglob("*.jpeg") if p.relative_to(src).as_posix() not in held], src,
+          away)  # the new files are gone again
+    try:
+        result = xraybatch.ingest(src, out, size=SIZE, append=True, scheduler="sync")
+    finally:
+        _restore(away, src)  # (the fixture's source, shared by the module)
+    assert result.n_new == 0 and result.discarded
+    assert "append_pending" not in open_group(out).attrs
+    assert_same_store(open_group(out), open_group(grown["old"]))
+    images = zarr.open_array(str(out / "images"), mode="r")  # its own metadata: cut back too
+    assert images.shape[0] == len(xraybatch.open(str(grown["old"])))
+    assert cli.main(["split", str(out), "--by", "patient"]) == 0
+
+
 # --- object storage --------------------------------------------------------------------------
 
 

@@ -58,10 +58,12 @@ class AppendResult(IngestResult):
 
     ``n_new`` files were appended as rows ``rows`` (``[start, stop)``), making ``version``;
     ``changed`` lists held paths whose size changed (``path``, ``stored_bytes``, ``bytes``),
-    which were not stored again.
+    which were not stored again. ``discarded``: an interrupted append whose files are no longer
+    new was dropped (the store is its last committed version, without ``append_pending``).
     """
 
     n_new: int = 0
+    discarded: bool = False
     rows: tuple[int, int] = (0, 0)
     version: int = 0
     changed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
@@ -225,7 +227,10 @@ def append(found: Scan, ref: StoreRef, given: dict[str, Any], *, scheduler: Any 
                              "source changed since it started; run --append without --resume "
                              "to start it again")
         if not len(todo.new):
-            return _result(ref, found, todo, attrs, [], t0, int(attrs.get("version", 0)))
+            if pending:  # abandoned (its files are gone): drop its rows, as a new append would
+                _discard(ref, group, attrs)
+            return _result(ref, found, todo, attrs, [], t0, int(attrs.get("version", 0)),
+                           discarded=bool(pending))
         if not resume:
             store.begin_append(group, {"rows": [todo.n_old, todo.n_new], "token": todo.token(),
                                        "started": datetime.now(UTC).isoformat("T", "seconds")})
@@ -286,8 +291,18 @@ def _run(ref: StoreRef, group: Any, todo: Plan, attrs: dict[str, Any], given: di
     return reports
 
 
+def _discard(ref: StoreRef, group: Any, attrs: dict[str, Any]) -> None:
+    """Cut every array back to the committed rows (deleting the chunks an interrupted append
+    wrote beyond them) and commit the store as it was, without ``append_pending``."""
+    pending_group = store.open_pending(ref)
+    store.grow(pending_group, group, int(attrs["n_images"]), list(attrs["classes"]),
+               list(attrs["splits"]), discard=True)
+    store.commit(pending_group, {})
+
+
 def _result(ref: StoreRef, found: Scan, todo: Plan, attrs: dict[str, Any],
-            reports: list[ChunkReport], t0: float, version: int) -> AppendResult:
+            reports: list[ChunkReport], t0: float, version: int, discarded: bool = False
+            ) -> AppendResult:
     rows = sorted(f for r in reports for f in r.failures)
     paths = todo.new.path.to_numpy()
     failures = pd.DataFrame({"path": [paths[i - todo.n_old] for i, _, _ in rows],
@@ -300,7 +315,8 @@ def _result(ref: StoreRef, found: Scan, todo: Plan, attrs: dict[str, Any],
         skipped=found.skipped, seconds=time.perf_counter() - t0, chunks_run=len(reports),
         chunks_total=store.n_chunks(todo.n_new, int(attrs["chunk"])),
         bytes_read=sum(r.bytes_read for r in reports), reports=reports, n_new=len(todo.new),
-        rows=(todo.n_old, todo.n_new), version=version, changed=todo.changed)
+        rows=(todo.n_old, todo.n_new), version=version, changed=todo.changed,
+        discarded=discarded)
 
 
 def _summary(before: dict[str, Any], result: AppendResult) -> dict[str, Any]:

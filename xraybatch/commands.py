@@ -149,8 +149,10 @@ def _print_summary(result: IngestResult) -> None:
 def _print_append(result: AppendResult) -> None:
     start, stop = result.rows
     if not result.n_new:
+        kept = ("the interrupted append was discarded, the store is its last committed version"
+                if result.discarded else "the store is unchanged")
         print(f"nothing to append: every file under the source is already in {result.out} "
-              f"({result.n_images} images, version {result.version}); the store is unchanged")
+              f"({result.n_images} images, version {result.version}); {kept}")
     else:
         print(f"appended {result.n_new} images to {result.out} as rows {start}-{stop - 1} in "
               f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s): "
