@@ -518,6 +518,22 @@ def test_kill_then_nothing_new_discards_the_interrupted_append(grown, tmp_path):
     assert cli.main(["split", str(out), "--by", "patient"]) == 0
 
 
+def test_plain_resume_of_an_appended_store_points_to_append(grown, tmp_path, capsys):
+    """``--resume`` (an ingest's) on a store with an append pending, or appended since its
+    ingest, says what to run instead of advising --overwrite, and changes nothing."""
+    done = _copy(grown["appended"], tmp_path, "done.zarr")
+    args = ["ingest", str(grown["src"]), "--size", str(SIZE), "--quiet", "--resume"]
+    assert cli.main(args[:2] + [str(done)] + args[2:]) == 2
+    err = capsys.readouterr().err
+    assert "is complete (version 2" in err and "--append" in err and "--overwrite" not in err
+    assert xraybatch.open(str(done)).complete
+    pending = _copy(grown["old"], tmp_path, "pending.zarr")
+    zarr.open_group(str(pending), mode="r+").update_attributes(
+        {"append_pending": {"rows": [0, 1], "token": "t"}})
+    assert cli.main(args[:2] + [str(pending)] + args[2:]) == 2
+    assert "finish it with --append --resume" in capsys.readouterr().err
+
+
 # --- object storage --------------------------------------------------------------------------
 
 

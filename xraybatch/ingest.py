@@ -509,6 +509,13 @@ def _resume(ref: StoreRef, found: Scan, attrs: dict[str, Any]) -> zarr.Group | N
         raise StoreError(f"cannot resume {ref.url}: it is not an xraybatch store")
     if not store.layout_written(stored):
         return None  # killed while creating: no chunk was written yet, so start afresh
+    if store.APPEND_PENDING in stored:
+        raise StoreError(f"cannot resume {ref.url} as an ingest: an append to it was "
+                         "interrupted; finish it with --append --resume")
+    if stored.get("complete") and len(stored.get("history", [])) > 1:
+        raise StoreError(f"nothing to resume: {ref.url} is complete (version "
+                         f"{stored.get('version')}, appended to or split since its ingest); "
+                         "add new files with --append")
     unrecorded = [key for key in _RESUME_KEYS if key not in stored]
     if unrecorded:  # written by an older version
         raise StoreError(f"cannot resume {ref.url}: xraybatch "
