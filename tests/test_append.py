@@ -534,6 +534,19 @@ def test_plain_resume_of_an_appended_store_points_to_append(grown, tmp_path, cap
     assert "finish it with --append --resume" in capsys.readouterr().err
 
 
+def test_append_after_a_computed_split_says_to_split_again(grown, tmp_path, capsys):
+    out = _copy(grown["old"], tmp_path)
+    assert cli.main(["split", str(out), "--by", "patient", "--seed", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main(["ingest", str(grown["src"]), str(out), "--size", str(SIZE), "--quiet",
+                     "--append", "--scheduler", "sync"]) == 0
+    assert "run it again so that no patient" in capsys.readouterr().out
+    plain = _copy(grown["old"], tmp_path, "plain.zarr")  # the scan's split: nothing to say
+    assert cli.main(["ingest", str(grown["src"]), str(plain), "--size", str(SIZE), "--quiet",
+                     "--append", "--scheduler", "sync"]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 # --- object storage --------------------------------------------------------------------------
 
 

@@ -64,6 +64,9 @@ class AppendResult(IngestResult):
 
     n_new: int = 0
     discarded: bool = False
+    #: The store's active split assignment when ``xraybatch split`` wrote it (None for the
+    #: scan's): the new rows are in their scan splits, not placed by it.
+    resplit: dict | None = None
     rows: tuple[int, int] = (0, 0)
     version: int = 0
     changed: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
@@ -316,7 +319,13 @@ def _result(ref: StoreRef, found: Scan, todo: Plan, attrs: dict[str, Any],
         chunks_total=store.n_chunks(todo.n_new, int(attrs["chunk"])),
         bytes_read=sum(r.bytes_read for r in reports), reports=reports, n_new=len(todo.new),
         rows=(todo.n_old, todo.n_new), version=version, changed=todo.changed,
-        discarded=discarded)
+        discarded=discarded, resplit=_computed_split(attrs))
+
+
+def _computed_split(attrs: dict[str, Any]) -> dict | None:
+    """The split assignment ``xraybatch split`` wrote, or None for the scan's own."""
+    assignment = attrs.get("split_assignment") or {}
+    return assignment if assignment.get("method", "scan") != "scan" else None
 
 
 def _summary(before: dict[str, Any], result: AppendResult) -> dict[str, Any]:

@@ -157,6 +157,12 @@ def _print_append(result: AppendResult) -> None:
         print(f"appended {result.n_new} images to {result.out} as rows {start}-{stop - 1} in "
               f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s): "
               f"{result.n_stored} of {result.n_images} images stored, version {result.version}")
+        if result.resplit:  # the new rows' patients and copies may sit in other splits
+            by = ",".join(result.resplit.get("by", ["patient"]))
+            print(f"note: the new rows are in the splits of their scan, not placed by the "
+                  f"store's 'xraybatch split --by {by}': run it again so that no patient or "
+                  f"near-duplicate straddles splits (xraybatch stats {shlex.quote(result.out)} "
+                  "--strict checks)")
     if len(result.changed):
         print(f"{len(result.changed)} stored files changed size since they were stored and "
               "were NOT replaced (--append adds, it does not edit):")
@@ -403,7 +409,7 @@ def _cmd_dups(args: argparse.Namespace) -> int:
     from .store import XrayStore
 
     options = dict(args.storage_option)
-    stores = [XrayStore(url, options) for url in args.stores]
+    stores = [XrayStore(url, options) for url in dict.fromkeys(args.stores)]  # each once
     found = dups.find(stores, args.threshold, scheduler=args.scheduler, workers=args.workers)
     groups = dups.groups_of(found)
     names = [dups.store_name(ds) for ds in stores]
