@@ -31,7 +31,7 @@ _LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
          "verify": "verify", "VerifyResult": "verify"}
 _SUBMODULES = ("cli", "decode", "dups", "figures", "findings", "fingerprint", "options",
                "phantom", "progress", "qc", "report", "splits", "stats", "store", "synth",
-               "torch_dataset", "zarrio")
+               "torch_dataset", "torch_loader", "zarrio")
 
 
 def __getattr__(name: str) -> Any:
