@@ -211,7 +211,7 @@ class _Instrument:
     def __enter__(self) -> _Instrument:
         self.saved = {name: getattr(ingest_mod, name) for name in
                       ("build_tasks", "compute", "run_chunk", "scan")}
-        self.saved_codec = store.IMAGES_COMPRESSORS
+        self.saved_codec = store.layout.IMAGES_COMPRESSORS
         spec, saved = self.spec, self.saved
 
         def build_tasks(ref, root, paths, chunks, chunk, **params):
@@ -240,13 +240,13 @@ class _Instrument:
         ingest_mod.run_chunk = functools.partial(timed_run_chunk, cv_threads=spec.get(
             "cv_threads"), writer=spec.get("writer"))
         if spec.get("codec"):  # the pixels' codec (the other arrays keep Zstd 1)
-            store.IMAGES_COMPRESSORS = _codec(spec["codec"])
+            store.layout.IMAGES_COMPRESSORS = _codec(spec["codec"])
         return self
 
     def __exit__(self, *exc) -> None:
         for name, value in self.saved.items():
             setattr(ingest_mod, name, value)
-        store.IMAGES_COMPRESSORS = self.saved_codec
+        store.layout.IMAGES_COMPRESSORS = self.saved_codec
 
 
 def _schedule(reports: list[TimedReport], workers: int, window: tuple[float, float],

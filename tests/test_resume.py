@@ -285,7 +285,7 @@ def test_interrupted_overwrite_never_reads_complete(synth_small, reference, tmp_
         rmtree(path, *args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store.shutil, "rmtree", interrupted)
+    monkeypatch.setattr(store.layout.shutil, "rmtree", interrupted)
     with pytest.raises(KeyboardInterrupt):
         xraybatch.ingest(synth_small, out, size=SIZE, chunk=CHUNK, overwrite=True)
     monkeypatch.undo()

@@ -466,7 +466,7 @@ def test_an_interrupted_split_is_known_and_mended(tmp_path: Path, monkeypatch, c
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(store, "history_attrs", killed)
+        m.setattr(store.versions, "history_attrs", killed)  # called by write_split
         assert cli(capsys, "split", out, "--by", "patient")[0] == 130
     ds = xraybatch.open(str(out))
     assert "split_pending" in ds.attrs and "split_assignment" not in ds.attrs

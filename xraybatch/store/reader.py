@@ -1,0 +1,311 @@
+"""Reading a store: :class:`XrayStore`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from .. import qc
+from ..findings import joined
+from ..location import StoreError, StoreRef
+from .layout import FINGERPRINT_ARRAYS, PAIR_ARRAYS, RECORD_ARRAYS, chunk_bounds
+from .versions import done_chunks, layout_written, patient_ids_of, read_partials
+
+
+class XrayStore:
+    """A stored dataset, opened read-only (see :func:`xraybatch.open`).
+
+    Examples
+    --------
+    >>> ds = xraybatch.open("out.zarr")  # doctest: +SKIP
+    >>> ds.images            # dask array (N, size, size) uint8  # doctest: +SKIP
+    >>> ds.labels, ds.classes, ds.manifest, ds.stats()  # doctest: +SKIP
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        self.ref = StoreRef(str(url), storage_options or {})
+        if not self.ref.exists():
+            raise StoreError(f"no store at {url}")
+        try:
+            self.group = self.ref.open("r")
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            raise StoreError(f"{url} is not a zarr v3 store: {e}") from None
+        if not layout_written(self.group.attrs) or "chunk_done" not in self.group:
+            raise StoreError(f"{url} is not an xraybatch store (or its creation was interrupted)")
+        self.attrs: dict[str, Any] = dict(self.group.attrs)
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "INCOMPLETE"
+        return (f"<XrayStore {self.ref.url}: {self.attrs['n_images']} images "
+                f"{self.size}x{self.size}, classes {self.classes}, {state}>")
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(chunks written, chunks in all)."""
+        done = done_chunks(self.group)
+        return int(done.sum()), len(done)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.attrs["classes"])
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.attrs["splits"])
+
+    @property
+    def size(self) -> int:
+        return int(self.attrs["size"])
+
+    def __len__(self) -> int:
+        return int(self.attrs["n_images"])
+
+    @property
+    def images(self):
+        """All images as a dask array (N, size, size) uint8, one dask chunk per zarr chunk."""
+        import dask.array as da
+
+        return da.from_zarr(self.group["images"])
+
+    @property
+    def hist(self):
+        """Per-image histograms as a dask array (N, 256)."""
+        import dask.array as da
+
+        return da.from_zarr(self.group["hist"])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.group["labels"][:]
+
+    @property
+    def split(self) -> np.ndarray:
+        return self.group["split"][:]
+
+    @property
+    def original_split(self) -> np.ndarray:
+        """The scan's assignment (``split`` is the active one, which ``xraybatch split``
+        rewrites); a store that has no ``split_original`` was never split."""
+        g = self.group
+        return g["split_original"][:] if "split_original" in g else self.split
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the store holds a findings matrix (then ``classes`` are its findings)."""
+        return self.attrs.get("label_kind") == "multi"
+
+    @property
+    def findings(self) -> np.ndarray | None:
+        """(N, C) int8: 1 positive, 0 negative, -1 uncertain, -2 not stated; None if single-label.
+
+        Examples
+        --------
+        >>> ds.findings[:2], ds.classes  # doctest: +SKIP
+        """
+        return self.group["findings"][:] if self.multilabel else None
+
+    def class_membership(self, valid_only: bool = True) -> np.ndarray:
+        """(N, C) bool: (valid) images counted under each class (every positive finding)."""
+        valid = self.valid if valid_only else np.ones(len(self), bool)
+        if self.multilabel:
+            return (self.findings == 1) & valid[:, None]
+        return (np.where(valid, self.labels, -1)[:, None]
+                == np.arange(len(self.classes)))
+
+    def multi_hot(self, uncertain: float = 0.0) -> np.ndarray:
+        """(N, C) float32 targets: 1 positive, ``uncertain`` for -1, 0 otherwise.
+
+        ``uncertain=1.0`` is CheXpert's U-Ones policy, ``0.0`` U-Zeros. A single-label store
+        gives its one-hot labels.
+        """
+        if not self.multilabel:
+            return (self.labels[:, None] == np.arange(len(self.classes))).astype(np.float32)
+        values = self.findings
+        return np.where(values == 1, 1.0, np.where(values == -1, uncertain, 0.0)
+                        ).astype(np.float32)
+
+    def class_names(self) -> np.ndarray:
+        """Class of each sample; for multi-label stores its positive findings as ``A|B``."""
+        if not self.multilabel:
+            return np.asarray(self.classes, dtype=object)[self.labels]
+        return joined(self.findings, self.classes)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.group["valid"][:]
+
+    @property
+    def chunk(self) -> int:
+        """Images per zarr chunk: reading any one image decompresses its whole chunk."""
+        return int(self.attrs["chunk"])
+
+    @property
+    def has_fingerprints(self) -> bool:
+        """Whether chunk tasks stored content fingerprints (stores from 0.2 on)."""
+        return all(name in self.group for name in FINGERPRINT_ARRAYS)
+
+    @property
+    def fingerprint_version(self) -> int | None:
+        if not self.has_fingerprints:
+            return None
+        return int(self.group["fp_hash"].attrs.get("fingerprint_version", 0))
+
+    def fingerprint_codes(self) -> np.ndarray:
+        """(N, codes) uint64 SimHash codes of every row (0 where invalid)."""
+        return self.group["fp_hash"][:]
+
+    def fingerprint_thumbs(self, rows: np.ndarray) -> np.ndarray:
+        """Equalised thumbnails of ``rows`` (sorted, unique integer indices)."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return np.zeros((0, *FINGERPRINT_ARRAYS["fp_thumb"][0]), np.uint8)
+        return self.group["fp_thumb"].get_orthogonal_selection(
+            (rows, slice(None), slice(None)))
+
+    @property
+    def sha256(self) -> np.ndarray:
+        return self.group["sha256"][:]
+
+    @property
+    def paths(self) -> np.ndarray:
+        """Each row's source path, relative to ``attrs["source"]``."""
+        return self.group["path"][:]
+
+    def stored_pairs(self) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
+        """Near-duplicate pairs kept by :func:`write_pairs`: (key, (P, 2) rows, (P,) scores)."""
+        if not all(name in self.group for name in PAIR_ARRAYS):
+            return None
+        pairs = self.group["dup_pairs"]
+        return dict(pairs.attrs), pairs[:], self.group["dup_score"][:]
+
+    def array(self, name: str) -> zarr.Array:
+        """One zarr array of the store by name (for readers that page through it)."""
+        return self.group[name]
+
+    def read_images(self, rows: slice | np.ndarray) -> np.ndarray:
+        """Images of ``rows`` (a slice or integer indices, any order) as a numpy array.
+
+        Only the chunks holding those rows are read and decompressed.
+
+        Examples
+        --------
+        >>> ds.read_images(slice(0, 32)).shape   # doctest: +SKIP
+        (32, 256, 256)
+        >>> ds.read_images(np.array([7, 3])).shape  # doctest: +SKIP
+        (2, 256, 256)
+        """
+        images = self.group["images"]
+        if isinstance(rows, slice):
+            return images[rows]
+        return images.get_orthogonal_selection((np.asarray(rows), slice(None), slice(None)))
+
+    def read_chunk(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The images of chunk ``index`` (rows ``index * chunk`` on), decoded into ``out``.
+
+        ``out`` (uint8, at least ``chunk`` rows of ``size`` x ``size``) is a buffer to reuse:
+        a fresh 8 MB array costs page faults on every read. Goes through zarr, so the
+        images array's codecs (and checksums) apply.
+
+        Examples
+        --------
+        >>> ds.read_chunk(1).shape   # doctest: +SKIP
+        (128, 256, 256)
+        """
+        start = index * self.chunk
+        stop = min(start + self.chunk, len(self))
+        images = self.__dict__.get("_images")
+        if images is None:  # opening an array is a trip through zarr's event loop: once
+            images = self.__dict__["_images"] = self.group["images"]
+        if out is None:
+            return images[start:stop]
+        from zarr.core.buffer import default_buffer_prototype
+
+        view = out[:stop - start]
+        images.get_basic_selection(
+            slice(start, stop), out=default_buffer_prototype().nd_buffer.from_numpy_array(view))
+        return view
+
+    def view_positions(self) -> np.ndarray:
+        """Each image's DICOM ViewPosition (``PA``, ``AP``, ``LL``...; "" when unknown)."""
+        g = self.group
+        return g["view_position"][:] if "view_position" in g else np.full(len(self), "", object)
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        """One row per sample: source, label, outcome and quality-control flags."""
+        g = self.group
+        frame = pd.DataFrame({
+            "path": g["path"][:],
+            "split": np.asarray(self.splits, dtype=object)[g["split"][:]],
+            "class_name": self.class_names(),
+            "label": g["labels"][:],
+            "file_bytes": g["file_bytes"][:],
+            **{name: g[name][:] for name in RECORD_ARRAYS if name in g},
+            "patient_id": self.patient_ids(),
+        })
+        return qc.add_flags(frame, None, self.size, moments=self._moments())
+
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-image mean and std: stored, or (stores written before 0.2) from the
+        histograms one chunk at a time, so that the manifest never holds them all."""
+        g = self.group
+        if "mean" in g and "std" in g:
+            return g["mean"][:], g["std"][:]
+        parts = [qc.image_moments(g["hist"][a:b]) for a, b in chunk_bounds(len(self), self.chunk)]
+        return (np.concatenate([m for m, _ in parts]) if parts else np.zeros(0),
+                np.concatenate([s for _, s in parts]) if parts else np.zeros(0))
+
+    def patient_ids(self, start: int = 0) -> np.ndarray:
+        """Each image's patient (of rows ``start:``): the DICOM header's PatientID, else the
+        scan's id, else "".
+
+        The header is the hospital's own record; a file name is only a naming convention.
+        """
+        return patient_ids_of(self.group, start, len(self))
+
+    def stats_partials(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The stored statistics partials (see :func:`read_partials`), or None."""
+        return read_partials(self.group)
+
+    @property
+    def version(self) -> int:
+        """The store's version: 1 after its ingest, +1 per append (0 for format 1)."""
+        return int(self.attrs.get("version", 0))
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per ingest and append: action, when, source, rows, version."""
+        return list(self.attrs.get("history", []))
+
+    def stats(self) -> dict[str, Any]:
+        """Exact global, per-class and per split x class statistics (see :mod:`.stats`)."""
+        from .. import stats
+
+        return stats.compute(self)
+
+    def to_xarray(self):
+        """The store as an ``xarray.Dataset`` with class and split names as coordinates."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("to_xarray needs xarray: pip install 'xraybatch[xarray]'") from None
+        kwargs = {"storage_options": self.ref.storage_options} if not self.ref.is_local else {}
+        ds = xr.open_zarr(self.ref.local_path if self.ref.is_local else self.ref.url,
+                          consolidated=self.complete, zarr_format=3, **kwargs)
+        ds = ds.drop_vars("chunk_done")
+        # numpy's StringDType (how zarr v3 strings arrive) breaks xarray operations that
+        # promote dtypes, such as ds.where(..., drop=True): object is xarray's string type.
+        ds = ds.assign({name: var.astype(object) for name, var in ds.data_vars.items()
+                        if var.dtype.kind == "T"})
+        return ds.assign_coords(
+            class_name=("sample", self.class_names().astype(str)),
+            split_name=("sample", np.asarray(self.splits)[self.split]),
+        )
+
