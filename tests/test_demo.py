@@ -41,7 +41,8 @@ def test_demo_ends_on_the_report(capsys, tmp_path: Path) -> None:
     opened = lines.index("open the report in a browser:")
     assert lines[opened + 1].strip() == index.resolve().as_uri()
     last = "\n".join(lines[opened + 2:])  # the last lines: what to run on your own folder
-    for command in ("xraybatch ingest SRC", "xraybatch stats", "xraybatch report",
+    for command in ("xraybatch ingest SRC", "xraybatch stats", "xraybatch split xray.zarr",
+                    "xraybatch report",
                     "python benchmarks/run.py SRC"):
         assert command in last
     assert f"ingest: done, {N}/{N} images" in err and "\r" not in err

@@ -59,6 +59,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     commands = [
         (f"{program} ingest SRC xray.zarr", "labels = folder names; --labels kermany3|FILE.csv"),
         (f"{program} stats xray.zarr --by split", "exact statistics per split and class"),
+        (f"{program} split xray.zarr --by patient,content --stratify",
+         "a split that no patient or near-duplicate straddles"),
         (f"{program} report xray.zarr --out xray-report", "these figures for your data"
          + ("" if report else ", needs xraybatch[plot]")),
         (f"{python} benchmarks/run.py SRC", "loader speed here (in the repository, '.[bench]')")]
