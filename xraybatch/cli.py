@@ -122,10 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                    help=f"images per chunk and per task (default: {DEFAULT_CHUNK}; "
                         "--resume keeps the store's)")
-    i.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",
-                   help="Dask scheduler, or a distributed scheduler address (default: threads)")
-    i.add_argument("--workers", type=int, default=None,
-                   help="local workers (default: one per core; a cluster has its own)")
+    _add_scheduler_options(i)
     i.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse images declaring more pixels (default: {MAX_PIXELS:,})")
     mode = i.add_mutually_exclusive_group()
@@ -288,10 +285,7 @@ def _add_verify_parser(sub: Any) -> None:
                    help="re-hash the source files and list those changed, missing or new")
     v.add_argument("--json", action="store_true",
                    help="print JSON (ok, counts, problems, sources; README 'Verify a store')")
-    v.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",
-                   help="Dask scheduler, or a distributed scheduler address (default: threads)")
-    v.add_argument("--workers", type=int, default=None,
-                   help="local workers (default: one per core; a cluster has its own)")
+    _add_scheduler_options(v)
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage_option(v)
 
@@ -324,10 +318,7 @@ def _add_dups_parser(sub: Any, fmt: type) -> None:
                         "false pairs (default: 0.65, chosen on real chest X-rays)")
     d.add_argument("--json", action="store_true",
                    help="print JSON: pairs, cross_split, groups (and stores)")
-    d.add_argument("--scheduler", default="threads", metavar="threads|processes|sync|ADDRESS",
-                   help="Dask scheduler of the verification (default: threads)")
-    d.add_argument("--workers", type=int, default=None,
-                   help="local workers (default: one per core)")
+    _add_scheduler_options(d)
     d.add_argument("--strict", action="store_true",
                    help="exit with status 1 if a pair crosses splits (or stores)")
     _add_storage_option(d)
@@ -344,6 +335,16 @@ class _Version(argparse.Action):
 
         print(f"xraybatch {__version__}")
         parser.exit()
+
+
+def _add_scheduler_options(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler`` and ``--workers`` of the commands that run Dask tasks."""
+    parser.add_argument("--scheduler", default="threads",
+                        metavar="threads|processes|sync|ADDRESS",
+                        help="Dask scheduler, or a distributed scheduler address "
+                             "(default: threads)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local workers (default: one per core; a cluster has its own)")
 
 
 def _add_storage_option(parser: argparse.ArgumentParser) -> None:
