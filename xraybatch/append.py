@@ -26,10 +26,8 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -40,6 +38,7 @@ from .ingest import (
     build_tasks,
     compute,
     connected,
+    opencv_threads_kept,
     prepared,
     write_partials,
 )
@@ -213,9 +212,7 @@ def append(found: Scan, ref: StoreRef, given: dict[str, Any], *, scheduler: Any 
     if not ref.exists():
         raise StoreError(f"nothing to append to: {ref.url} does not exist (ingest it first, "
                          "without --append)")
-    holder = lock.writer(ref)
-    if holder:
-        raise lock.busy(ref.url, holder)
+    lock.refuse_if_busy(ref)
     with connected(scheduler) as target, lock.locked(ref):
         group = ref.open("r+")  # the committed version (consolidated metadata)
         attrs = dict(group.attrs)
@@ -236,7 +233,7 @@ def append(found: Scan, ref: StoreRef, given: dict[str, Any], *, scheduler: Any 
                            discarded=bool(pending))
         if not resume:
             store.begin_append(group, {"rows": [todo.n_old, todo.n_new], "token": todo.token(),
-                                       "started": datetime.now(UTC).isoformat("T", "seconds")})
+                                       "started": store.utc_now()})
         pending_group = store.open_pending(ref)
 
         def prepare() -> None:
@@ -257,7 +254,7 @@ def append(found: Scan, ref: StoreRef, given: dict[str, Any], *, scheduler: Any 
         store.commit(pending_group, {
             "n_images": todo.n_new, "classes": todo.classes, "splits": todo.splits,
             "summary": _summary(attrs["summary"], result), "n_skipped": len(found.skipped),
-            "completed": datetime.now(UTC).isoformat("T", "seconds"),
+            "completed": store.utc_now(),
             "skipped": found.skipped.head(1000).values.tolist(), **partials,
             **store.history_attrs(attrs, {"action": "append", "source": found.source,
                                           "rows": [todo.n_old, todo.n_new]})})
@@ -280,13 +277,9 @@ def _run(ref: StoreRef, group: Any, todo: Plan, attrs: dict[str, Any], given: di
     tasks = build_tasks(ref, attrs["source"], paths, chunks, chunk, weights=weights,
                         stored=todo.n_old, decode=given["decode"], source_options=source_options,
                         **params)
-    threads = cv2.getNumThreads()
-    try:
-        images = sum(min((i + 1) * chunk, todo.n_new) - max(i * chunk, todo.n_old)
-                     for i in chunks)
+    images = sum(min((i + 1) * chunk, todo.n_new) - max(i * chunk, todo.n_old) for i in chunks)
+    with opencv_threads_kept():
         reports = compute(tasks, target, workers, progress, retries, images=images)
-    finally:
-        cv2.setNumThreads(threads)
     missing = first + np.flatnonzero(~store.done_chunks(group)[first:])
     if len(missing):  # never commit rows that were not written
         raise StoreError(f"{len(missing)} chunks of the append to {ref.url} were not written "

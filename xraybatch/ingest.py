@@ -229,6 +229,16 @@ def _token(spec: ChunkTask) -> str:
     return hashlib.sha256(repr(spec).encode()).hexdigest()[:32]
 
 
+@contextmanager
+def opencv_threads_kept() -> Iterator[None]:
+    """Restore OpenCV's thread count after tasks that set it to one in this process."""
+    threads = cv2.getNumThreads()
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def compute(tasks: list, scheduler: Any = "threads", workers: int | None = None,
             progress: bool = False, retries: int = 2, images: int = 0,
             label: str = "ingest") -> list[Any]:
@@ -444,12 +454,11 @@ def ingest(src: str | os.PathLike, out: str | os.PathLike, *, size: int = 256,
                       source_options=source_options)
         tasks = build_tasks(ref, attrs["source"], found.manifest.path.tolist(), todo, chunk,
                             weights=found.manifest.bytes.tolist(), **params)
-        threads = cv2.getNumThreads()
         try:
-            reports = compute(tasks, target, workers, progress, retries,
-                              images=sum(min(chunk, len(found.manifest) - i * chunk) for i in todo))
+            with opencv_threads_kept():
+                reports = compute(tasks, target, workers, progress, retries, images=sum(
+                    min(chunk, len(found.manifest) - i * chunk) for i in todo))
         finally:
-            cv2.setNumThreads(threads)
             _CREATING.pop(ref.url, None)
         if creating is not None:
             group = creating.result()  # (with no chunk to run, nothing waited for it)

@@ -96,6 +96,14 @@ def busy(url: str, holder: str) -> StoreError:
     return StoreError(f"{url} is being written by {holder}; wait for that ingest to finish")
 
 
+def refuse_if_busy(ref: StoreRef) -> None:
+    """Raise the one-line :func:`busy` error if another process holds the writer lock: said
+    before anything (even the lock itself) touches the store."""
+    holder = writer(ref)
+    if holder:
+        raise busy(ref.url, holder)
+
+
 def lease_seconds() -> float:
     """The object-store lease: ``XRAYBATCH_LOCK_LEASE`` (seconds) or :data:`LEASE_SECONDS`."""
     text = os.environ.get("XRAYBATCH_LOCK_LEASE", "")

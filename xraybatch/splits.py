@@ -17,7 +17,6 @@ like the largest, which absorbs the cuts' rounding.
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,7 +368,7 @@ def split(out: str, by: tuple[str, ...] | str, ratios: dict[str, float] | str = 
     assignment = {
         "method": "stratified" if stratify else "random", "by": list(by), "ratios": ratios,
         "stratify": stratify, "seed": seed, "keep": keep, "threshold": threshold,
-        "when": _now(), "groups": int(groups.max()) + 1,
+        "when": store.utc_now(), "groups": int(groups.max()) + 1,
         "counts": _counts(values, names)}
     if keep is not None:  # rows of the kept split, and rows that joined it with their group
         kept = int((ds.split == ds.splits.index(keep)).sum())
@@ -392,7 +391,7 @@ def restore(out: str, *, dry_run: bool = False,
     """
     ds = _open_for_split(out, storage_options)
     values = ds.original_split
-    assignment = {"method": "scan", "when": _now(), "counts": _counts(values, ds.splits)}
+    assignment = {"method": "scan", "when": store.utc_now(), "counts": _counts(values, ds.splits)}
     return _finish(ds, values, ds.splits, assignment, None,
                    ds.class_membership(valid_only=False),
                    "xraybatch split --restore", dry_run)
@@ -400,9 +399,7 @@ def restore(out: str, *, dry_run: bool = False,
 
 def _open_for_split(out: str, storage_options: dict | None) -> XrayStore:
     ds = XrayStore(out, storage_options)
-    holder = lock.writer(ds.ref)
-    if holder:
-        raise lock.busy(ds.ref.url, holder)
+    lock.refuse_if_busy(ds.ref)
     if not ds.complete:
         raise StoreError(f"{out} is INCOMPLETE (an interrupted ingest): finish it with "
                          f"'xraybatch ingest SRC {out} --resume' before splitting it")
@@ -449,7 +446,3 @@ def _finish(ds: XrayStore, values: np.ndarray, names: list[str], assignment: dic
                           index=names, columns=ds.classes)
     return SplitResult(ds.ref.url, values, names, assignment, groups, counts,
                        written=not dry_run, version=version)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

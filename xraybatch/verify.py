@@ -28,7 +28,7 @@ import numpy as np
 from dask.delayed import Delayed
 
 from . import decode, qc, store
-from .ingest import compute, connected
+from .ingest import compute, connected, opencv_threads_kept
 from .readers.base import ImageError
 from .sources import listing, remote, tables
 from .store import StoreError, StoreRef
@@ -392,14 +392,10 @@ def verify(out: str | os.PathLike, *, sources: bool = False, scheduler: Any = "t
     group = store.open_for_chunks(ref, mode="r")
     facts = store.source_facts(group) if sources else None
     root = listing.join(str(attrs.get("source", "")), "") if sources else ""
-    threads = cv2.getNumThreads()
-    with connected(scheduler) as target:
+    with connected(scheduler) as target, opencv_threads_kept():
         tasks = _tasks(ref, group, facts, root, options)
-        try:
-            verdicts = compute(tasks, target, workers, progress, retries, images=len(ds),
-                               label="verify")
-        finally:
-            cv2.setNumThreads(threads)
+        verdicts = compute(tasks, target, workers, progress, retries, images=len(ds),
+                           label="verify")
     verdicts.sort(key=lambda v: v.index)
     problems = [p for v in verdicts for p in v.problems]
     if not ds.complete:

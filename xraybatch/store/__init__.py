@@ -87,7 +87,6 @@ from .layout import (
     _create_arrays,
     _findings_arrays,
     _is_empty,
-    _now,
     _split_flags,
     _writable,
     check_target,
@@ -99,6 +98,7 @@ from .layout import (
     record_arrays,
     scan_chunk,
     scan_values,
+    utc_now,
     write_chunk,
 )
 from .reader import XrayStore
@@ -139,9 +139,9 @@ __all__ = [
     "open_for_chunks", "open_pending", "partial_inputs", "patient_ids_of", "read_chunk",
     "read_other_chunk", "read_partials", "record_arrays", "same_findings", "sample_arrays",
     "scan_arrays", "scan_chunk", "scan_values", "source_facts", "split_token", "write_chunk",
-    "write_pairs", "write_partials", "write_rows", "write_split",
+    "utc_now", "write_pairs", "write_partials", "write_rows", "write_split",
     # private, re-exported for the modules and tests that used them from store.py
     "_ALWAYS_WRITTEN", "_CHUNK_FLAGS", "_MOMENTS", "_OPENED", "_SCAN_ARRAYS", "_all_fill",
-    "_check_replaceable", "_clear", "_create_arrays", "_findings_arrays", "_is_empty", "_now",
+    "_check_replaceable", "_clear", "_create_arrays", "_findings_arrays", "_is_empty",
     "_save_original", "_split_flags", "_writable", "_write_partials",
 ]

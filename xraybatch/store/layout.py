@@ -20,7 +20,7 @@ from zarr.core.sync import sync
 from .. import __version__, fingerprint, qc, zarrio
 from ..findings import FINDING_FLAGS
 from ..location import StoreError, StoreRef
-from ..lock import LOCK_NAME, busy, writer
+from ..lock import LOCK_NAME, refuse_if_busy
 
 #: Arrays written once, at creation, from the scan.
 _SCAN_ARRAYS = {"labels": "int16", "split": "int8", "split_original": "int8", "path": str,
@@ -125,9 +125,7 @@ def check_target(ref: StoreRef, overwrite: bool = False, resume: bool = False) -
         if not ref.exists():
             raise StoreError(f"nothing to resume: {ref.url} does not exist")
         return
-    holder = writer(ref)
-    if holder:  # name the running ingest rather than say "already exists"
-        raise busy(ref.url, holder)
+    refuse_if_busy(ref)  # name the running ingest rather than say "already exists"
     _check_replaceable(ref, overwrite)
 
 
@@ -207,7 +205,7 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
         **attrs, **({"label_kind": "multi"} if findings is not None else {}),
         "classes": list(classes), "splits": list(splits), "size": size, "chunk": chunk,
         "n_images": n, "xraybatch_version": __version__, "complete": False,
-        "created": _now(),
+        "created": utc_now(),
         **({"format_version": FORMAT_VERSION, "version": 0, "history": []} if checksums
            else {}),
     })
@@ -232,7 +230,7 @@ def scan_values(manifest: pd.DataFrame, labels: np.ndarray, splits: list[str],
     }
 
 
-def _now() -> str:
+def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 

@@ -19,7 +19,7 @@ from zarr.errors import ZarrUserWarning
 from .. import __version__, zarrio
 from ..location import StoreError, StoreRef
 from ..lock import locked
-from .layout import APPEND_PENDING, PARTIALS, _now, _split_flags, n_chunks
+from .layout import APPEND_PENDING, PARTIALS, _split_flags, n_chunks, utc_now
 
 #: Attribute naming the statistics partials of the committed rows.
 PARTIALS_ATTR = "stats_partials"
@@ -34,7 +34,7 @@ def mark_complete(group: zarr.Group, summary: dict[str, Any],
     ``entry`` (format 2) is its history entry (:func:`history_attrs`); ``extra`` more
     attributes (:func:`write_partials`' reference to the statistics partials).
     """
-    attrs = {"summary": summary, "complete": True, "completed": _now(), **(extra or {})}
+    attrs = {"summary": summary, "complete": True, "completed": utc_now(), **(extra or {})}
     if entry is not None and "history" in group.attrs and not group.attrs.get("version"):
         attrs |= history_attrs(dict(group.attrs), entry)  # (a --resume of a complete store
         # completes it again: still version 1)
@@ -55,7 +55,7 @@ def history_attrs(attrs: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any
     (2, 2, 2)
     """
     version = int(attrs.get("version", 1)) + 1  # (a store without it is at version 1)
-    full = {"action": entry.get("action"), "when": _now(), "source": entry.get("source"),
+    full = {"action": entry.get("action"), "when": utc_now(), "source": entry.get("source"),
             "rows": list(entry.get("rows", [])), **entry, "version": version,
             "xraybatch_version": __version__}
     return {"version": version, "history": [*attrs.get("history", []), full]}
@@ -281,7 +281,7 @@ def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
         raise ValueError(f"a split assignment needs one index into {splits} per row")
     if "split_original" not in group:
         _save_original(group, old)
-    group.update_attributes({"split_pending": {"when": _now(), "method": assignment["method"]}})
+    group.update_attributes({"split_pending": {"when": utc_now(), "method": assignment["method"]}})
     array = group["split"]
     sync(zarrio.whole_chunks(array._async_array).setitem(slice(None), values.astype(np.int8)))
     if splits != old:  # new names extend the flags; existing indices never change
@@ -304,8 +304,6 @@ def _save_original(group: zarr.Group, splits: list[str]) -> None:
                                compressors=current.compressors)  # as split's own
     sync(zarrio.whole_chunks(array._async_array).setitem(slice(None), current[:]))
     zarrio.consolidate(group)
-
-
 
 
 def is_ours(attrs: dict[str, Any]) -> bool:
