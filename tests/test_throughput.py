@@ -72,14 +72,17 @@ def test_bulk_write_equals_one_array_at_a_time(synth_small: Path, tmp_path: Path
 
 def test_layout_pixels_uncompressed_rest_compressed(synth_small: Path, tmp_path: Path) -> None:
     """Array names, dtypes and chunks as documented; only the pixels skip Zstd; every
-    chunk carries a checksum (format 2): CRC-32C on the pixels, Zstd's frame checksum."""
+    chunk carries a checksum (format 2): CRC-32C on each image, Zstd's frame checksum."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     _, group, manifest = _create(synth_small, tmp_path / "x.zarr")
     n = len(manifest)
     assert group.attrs["format_version"] == 2
     assert group["images"].compressors == (Crc32cCodec(),)
-    assert (group["images"].dtype, group["images"].chunks) == (np.uint8, (CHUNK, SIZE, SIZE))
+    # One shard (file) per chunk task, one inner chunk (and CRC-32C) per image.
+    images = group["images"]
+    assert (images.dtype, images.shards, images.chunks) == (np.uint8, (CHUNK, SIZE, SIZE),
+                                                            (1, SIZE, SIZE))
     assert (group["hist"].dtype, group["hist"].chunks) == (np.int32, (CHUNK, 256))
     for name in ("hist", "labels", "split", "path", "file_bytes", *store.RECORD_ARRAYS,
                  "chunk_done"):

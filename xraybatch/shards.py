@@ -95,8 +95,8 @@ def _encode_shard(codec: ShardingCodec, shard: NDBuffer, spec: ArraySpec,
         offset += len(part)
     index_spec = _index_spec(codec, per_shard)
     if codec.index_location == ShardingCodecIndexLocation.start:
-        size = codec._shard_index_size(per_shard)
-        index[..., 0] += np.uint64(size)
+        written = index[..., 0] != MAX_UINT_64
+        index[written, 0] += np.uint64(codec._shard_index_size(per_shard))
     encoded = encode(codec.index_codecs,
                      index_spec.prototype.nd_buffer.from_numpy_array(index), index_spec)
     ordered = ([encoded.as_numpy_array(), *parts]
