@@ -123,7 +123,10 @@ def _decode_shard(codec: ShardingCodec, data: Buffer, spec: ArraySpec) -> NDBuff
         if start + length > len(raw):
             raise ValueError(f"inner chunk {coords} ends at byte {start + length}, after "
                              f"the {len(raw)} bytes of the shard")
-        value = decode(codec.codecs, _bytes(raw[start:start + length]), inner)
+        try:
+            value = decode(codec.codecs, _bytes(raw[start:start + length]), inner)
+        except ValueError as e:  # name the inner chunk (one image of an images shard)
+            raise ValueError(f"inner chunk {coords}: {e}") from None
         out[_inner_region(codec, coords)] = value.as_numpy_array()
     return out
 
@@ -195,23 +198,23 @@ class RowFiles:
             try:
                 index = self.index(shard, fd)
                 for i in np.flatnonzero(shard_of == shard).tolist():
-                    self._read_row(fd, index[local[i]], flat[i], tail, shard)
+                    self._read_row(fd, index[local[i]], flat[i], tail, int(rows[i]))
             finally:
                 os.close(fd)
 
     def _read_row(self, fd: int, entry: np.ndarray, dest: np.ndarray, tail: bytearray,
-                  shard: int) -> None:
+                  row: int) -> None:
         offset, length = int(entry[0]), int(entry[1])
         if offset == MAX_UINT_64:  # not written: zarr's fill value (0 for images)
             dest[:] = self.meta.fill_value
             return
         view = dest.view(np.uint8)
         if length != len(view) + 4 or os.preadv(fd, [view, tail], offset) != length:
-            raise ChecksumError(f"{self._file(shard)} is shorter than its index says; run "
-                                "'xraybatch verify' on the store")
+            raise ChecksumError(f"row {row}: {self._file(row // self.rows)} is shorter than "
+                                "its index says; run 'xraybatch verify' on the store")
         if crc32c(view) != int.from_bytes(tail, "little"):
-            raise ChecksumError(f"an image in {self._file(shard)} is damaged (CRC-32C); run "
-                                "'xraybatch verify' on the store")
+            raise ChecksumError(f"row {row} in {self._file(row // self.rows)} is damaged "
+                                "(CRC-32C); run 'xraybatch verify' on the store")
 
 
 def _one_row_shards(array: AsyncArray) -> bool:
