@@ -104,12 +104,14 @@ def test_one_read_per_image_per_epoch(store, monkeypatch) -> None:
         assert sorted(rows_read) == ds.rows.tolist(), epoch
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_same_order_for_any_number_of_workers(store, workers) -> None:
+@pytest.mark.parametrize(("workers", "persistent"), [(1, True), (2, True), (2, False)])
+def test_same_order_for_any_number_of_workers(store, workers, persistent) -> None:
+    # (the first batch of an iteration that starts the workers is read in this process)
     ds = XrayDataset(store, dtype="uint8")
     main = _epochs(XrayLoader(ds, batch_size=5, window=2, seed=1, block=3), 2)
     other = _epochs(XrayLoader(ds, batch_size=5, window=2, seed=1, block=3,
-                               num_workers=workers, timeout=60), 2)
+                               num_workers=workers, persistent_workers=persistent,
+                               timeout=60), 2)
     nb = -(-len(ds) // 5)
     assert len(main) == len(other) == 2 * nb
     for (a, la), (b, lb) in zip(main, other, strict=True):
