@@ -71,11 +71,15 @@ class XrayStore:
     @property
     def images(self):
         """All images as a dask array (N, size, size) uint8, one dask chunk per chunk file
-        (shard)."""
+        (shard), each decoded in its task's thread (:func:`xraybatch.zarrio.read_chunks`,
+        ~4x faster than zarr's pipeline on a shard of one-image inner chunks)."""
         import dask.array as da
 
         images = self.group["images"]
-        return da.from_zarr(images, chunks=images.shards or images.chunks)
+        rows = zarrio.rows_per_chunk(images._async_array)
+        name = f"xraybatch-images-{self.ref.url}-{self.attrs.get('version', 0)}-{len(self)}"
+        return da.from_array(_ChunkFiles(images), chunks=(rows, *images.shape[1:]),
+                             name=name, asarray=False, fancy=False)
 
     @property
     def hist(self):
@@ -323,3 +327,24 @@ class XrayStore:
             split_name=("sample", np.asarray(self.splits)[self.split]),
         )
 
+
+class _ChunkFiles:
+    """An array that dask reads block by block, each block one chunk file of ``array``
+    (a whole chunk along the first axis) decoded by :func:`xraybatch.zarrio.read_chunks`."""
+
+    def __init__(self, array: zarr.Array) -> None:
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+        self.ndim = len(array.shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        rows = zarrio.rows_per_chunk(self.array._async_array)
+        start = key[0].start or 0
+        index = start // rows
+        coords = (index,) + (0,) * (self.ndim - 1)
+        (chunk,) = zarrio.read_chunks([(self.array._async_array, coords)])
+        if isinstance(chunk, Exception):
+            raise chunk
+        if chunk is None:  # no file: zarr's fill value
+            return self.array[key]
+        return chunk[(slice(start - index * rows, (key[0].stop or len(chunk)) - index * rows),
+                      *key[1:])]
