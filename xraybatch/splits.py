@@ -346,7 +346,7 @@ def split(out: str, by: tuple[str, ...] | str, ratios: dict[str, float] | str = 
             raise ValueError(f"ratios {ratios}: name train, val, test or train, test")
         ratios = ",".join(str(v) for v in ratios.values())
     ratios = parse_ratios(ratios)
-    ds = _open_for_split(out, storage_options)
+    ds = _open_for_split(out, storage_options, dry_run)
     fractions = np.array([0.0 if s == keep else r for s, r in ratios.items()])
     if keep is not None and keep not in ds.splits:
         raise ValueError(f"--keep {keep}: the store has no split {keep} "
@@ -389,7 +389,7 @@ def restore(out: str, *, dry_run: bool = False,
     >>> restore("xray.zarr").assignment["method"]  # doctest: +SKIP
     'scan'
     """
-    ds = _open_for_split(out, storage_options)
+    ds = _open_for_split(out, storage_options, dry_run)
     values = ds.original_split
     assignment = {"method": "scan", "when": store.utc_now(), "counts": _counts(values, ds.splits)}
     return _finish(ds, values, ds.splits, assignment, None,
@@ -397,13 +397,27 @@ def restore(out: str, *, dry_run: bool = False,
                    "xraybatch split --restore", dry_run)
 
 
-def _open_for_split(out: str, storage_options: dict | None) -> XrayStore:
+def _open_for_split(out: str, storage_options: dict | None, dry_run: bool) -> XrayStore:
+    """The store, refused in one line before any work if a split could not be written."""
     ds = XrayStore(out, storage_options)
     lock.refuse_if_busy(ds.ref)
     if not ds.complete:
         raise StoreError(f"{out} is INCOMPLETE (an interrupted ingest): finish it with "
                          f"'xraybatch ingest SRC {out} --resume' before splitting it")
+    if not dry_run:
+        _refuse_format_1(ds)
     return ds
+
+
+def _refuse_format_1(ds: XrayStore) -> None:
+    """A split records a version and a history entry, which format-1 stores do not have
+    (they came with format 2): it would leave a version 2 without a version 1."""
+    version = store.format_version(ds.attrs)
+    if version < 2:
+        raise StoreError(f"cannot split {ds.ref.url}: it is a format-{version} store "
+                         f"(xraybatch {ds.attrs.get('xraybatch_version')}), without the "
+                         "versions and history a split records; ingest it anew once with "
+                         "--overwrite")
 
 
 def _kept(ds: XrayStore, groups: np.ndarray, keep: str, values: np.ndarray) -> np.ndarray:
