@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import lock, store
 from .store import StoreError, XrayStore
+from .store.versions import refuse_if_appending
 
 #: What ``--by`` may join groups on.
 BY_CHOICES = ("patient", "content")
@@ -406,6 +407,7 @@ def _open_for_split(out: str, storage_options: dict | None, dry_run: bool) -> Xr
                          f"'xraybatch ingest SRC {out} --resume' before splitting it")
     if not dry_run:
         _refuse_format_1(ds)
+        refuse_if_appending(ds.ref.url, ds.attrs)
     return ds
 
 
@@ -418,6 +420,20 @@ def _refuse_format_1(ds: XrayStore) -> None:
                          f"(xraybatch {ds.attrs.get('xraybatch_version')}), without the "
                          "versions and history a split records; ingest it anew once with "
                          "--overwrite")
+
+
+def _refuse_if_changed(ds: XrayStore) -> None:
+    """Under the writer lock: refuse if an append (or another split) committed, or an
+    append began, since ``ds`` was opened; the assignment computed is of the rows read then.
+    """
+    now = dict(ds.ref.open("r").attrs)
+    refuse_if_appending(ds.ref.url, now)
+    if [now.get(k) for k in ("version", "n_images")] != [ds.attrs.get(k)
+                                                        for k in ("version", "n_images")]:
+        raise StoreError(f"{ds.ref.url} changed while the split was computed (version "
+                         f"{ds.attrs.get('version')} -> {now.get('version')}, "
+                         f"{ds.attrs.get('n_images')} -> {now.get('n_images')} images: an "
+                         "append or another split finished meanwhile); run the split again")
 
 
 def _kept(ds: XrayStore, groups: np.ndarray, keep: str, values: np.ndarray) -> np.ndarray:
@@ -454,6 +470,7 @@ def _finish(ds: XrayStore, values: np.ndarray, names: list[str], assignment: dic
     if not dry_run:
         entry = {"action": "split", "source": source, "rows": [0, len(ds)]}
         with lock.locked(ds.ref):
+            _refuse_if_changed(ds)
             version = store.write_split(ds.ref, values, names, assignment, entry)
     counts = pd.DataFrame(np.stack([members[values == i].sum(axis=0)
                                     for i in range(len(names))]),
