@@ -238,6 +238,32 @@ def test_sources_at_a_url(synth_small: Path, tmp_path: Path) -> None:
         fs.rm("/verify-src", recursive=True)
 
 
+def test_interrupted_split_is_reported_then_mended_by_split(
+        clean: Path, copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys) -> None:
+    """A split killed before its commit: verify says so (as stats does); ``split`` run again
+    finishes it as an uninterrupted one would; ``--keep`` waits for a restore."""
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(store.versions, "history_attrs", killed)  # called by write_split
+        assert cli.main(["split", str(copy), "--by", "patient"]) == 130
+    code, out = _run(str(copy), capsys=capsys)
+    assert code == 1 and "interrupted 'xraybatch split'" in out and "--restore" in out, out
+    assert [(p.kind, p.array) for p in verify(copy).problems] == [("split_pending", "split")]
+    assert cli.main(["split", str(copy), "--by", "patient", "--keep", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "half rewritten" in err and "--restore" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["split", str(copy), "--by", "patient"]) == 0
+    assert verify(copy).ok
+    whole = Path(shutil.copytree(clean, tmp_path / "whole.zarr"))
+    assert cli.main(["split", str(whole), "--by", "patient"]) == 0
+    mended, fresh = xraybatch.open(str(copy)), xraybatch.open(str(whole))
+    assert (mended.split == fresh.split).all() and "split_pending" not in mended.attrs
+    assert mended.attrs["split_token"] == fresh.attrs["split_token"]
+
+
 def test_distributed_client(clean: Path) -> None:
     distributed = pytest.importorskip("distributed")
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,

@@ -349,6 +349,10 @@ def split(out: str, by: tuple[str, ...] | str, ratios: dict[str, float] | str = 
     ratios = parse_ratios(ratios)
     ds = _open_for_split(out, storage_options, dry_run)
     fractions = np.array([0.0 if s == keep else r for s, r in ratios.items()])
+    if keep is not None and ds.attrs.get("split_pending"):
+        raise StoreError(f"--keep {keep}: the split of {out} is half rewritten by an "
+                         "interrupted split, so which images are in it is not known: put the "
+                         f"scan's back first with 'xraybatch split {out} --restore'")
     if keep is not None and keep not in ds.splits:
         raise ValueError(f"--keep {keep}: the store has no split {keep} "
                          f"(it has {', '.join(ds.splits)})")

@@ -40,6 +40,7 @@ KINDS = {
     "missing_chunk": "a chunk file that is always written does not exist",
     "not_done": "a chunk was never marked done (an interrupted run: ingest --resume)",
     "incomplete": "the store is not marked complete",
+    "split_pending": "an interrupted 'xraybatch split' left the split half rewritten",
     "hist": "a stored image's histogram differs from its hist row",
     "moments": "a stored image's mean or std differs from the image's own",
     "invalid_not_zero": "the row of a file that was not stored is not all zero",
@@ -243,6 +244,27 @@ def check_source(url: str, stored_bytes: int, stored_sha: str, status: str
                        "stored_sha256": stored_sha, "sha256": sha, "message": message}
 
 
+def store_problems(ds: store.XrayStore) -> list[Problem]:
+    """The problems of the whole store, from its attributes: not marked complete (an ingest
+    that stopped), a split half rewritten (``split_pending``).
+
+    Examples
+    --------
+    >>> [p.kind for p in store_problems(xraybatch.open("x.zarr"))]  # doctest: +SKIP
+    ['split_pending']
+    """
+    found = []
+    if not ds.complete:
+        found.append(Problem("incomplete", None, None, None, None,
+                             "the store is not marked complete: finish it with "
+                             "xraybatch ingest SRC OUT --resume"))
+    if ds.attrs.get("split_pending"):
+        found.append(Problem("split_pending", "split", None, None, None,
+                             f"{KINDS['split_pending']}: run it again, or 'xraybatch split "
+                             f"{ds.ref.url} --restore'"))
+    return found
+
+
 # --- the Dask task ---------------------------------------------------------------------------
 
 
@@ -397,11 +419,7 @@ def verify(out: str | os.PathLike, *, sources: bool = False, scheduler: Any = "t
         verdicts = compute(tasks, target, workers, progress, retries, images=len(ds),
                            label="verify")
     verdicts.sort(key=lambda v: v.index)
-    problems = [p for v in verdicts for p in v.problems]
-    if not ds.complete:
-        problems.insert(0, Problem("incomplete", None, None, None, None,
-                                   "the store is not marked complete: finish it with "
-                                   "xraybatch ingest SRC OUT --resume"))
+    problems = store_problems(ds) + [p for v in verdicts for p in v.problems]
     if any(p.row is not None for p in problems):
         paths = store.source_facts(group).path.to_numpy() if facts is None else facts.path
         problems = [p if p.row is None else Problem(p.kind, p.array, p.chunk, p.row,
