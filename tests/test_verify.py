@@ -238,6 +238,39 @@ def test_sources_at_a_url(synth_small: Path, tmp_path: Path) -> None:
         fs.rm("/verify-src", recursive=True)
 
 
+def test_incomplete_store_is_summarized(synth_small: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An ingest stopped after two of 30 chunks: one line says so and how to finish it,
+    damage to a written chunk is still listed, ``--json`` lists every problem."""
+    written = []
+
+    def stopping(*args, **kwargs):  # Ctrl-C once two chunks are written
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(args[1])
+        return write_chunk(*args, **kwargs)
+
+    write_chunk = store.write_chunk
+    monkeypatch.setattr(store, "write_chunk", stopping)
+    out = tmp_path / "x.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        xraybatch.ingest(synth_small, out, size=SIZE, chunk=2, scheduler="sync")
+    monkeypatch.undo()
+    (out / f"hist/c/{written[0]}/0").unlink()  # damage to a written chunk
+    code, text = _run(str(out), capsys=capsys)
+    listed = [line.split() for line in text.splitlines() if line.startswith("  ")]
+    assert code == 1 and len(listed) == 2, text
+    first = ", ".join(map(str, sorted(set(range(30)) - set(written))[:5]))
+    assert " ".join(listed[0]) == (f"incomplete the ingest did not finish: 28 of 30 chunks not "
+                                   f"written (chunks {first}, ...): run xraybatch ingest SRC "
+                                   f"{out} --resume")
+    assert listed[1][:3] == ["missing_chunk", "hist", "chunk"]
+    assert cli.main(["verify", str(out), "--json", "--quiet"]) == 1
+    kinds = [p["kind"] for p in json.loads(capsys.readouterr().out)["problems"]]
+    assert (kinds.count("incomplete"), kinds.count("not_done"),
+            kinds.count("missing_chunk")) == (1, 28, 2 * 28 + 1)
+
+
 def test_interrupted_split_is_reported_then_mended_by_split(
         clean: Path, copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys) -> None:

@@ -45,6 +45,8 @@ KINDS = {
     "moments": "a stored image's mean or std differs from the image's own",
     "invalid_not_zero": "the row of a file that was not stored is not all zero",
 }
+#: Arrays whose chunk files the chunk tasks write: absent from every chunk not done yet.
+_WRITTEN_BY_TASKS = ("images", "hist")
 #: Source files whose status at ingest meant they could not be read (no hash recorded).
 _UNREAD = ("missing", "symlink_loop", "unreadable")
 
@@ -263,6 +265,28 @@ def store_problems(ds: store.XrayStore) -> list[Problem]:
                              f"{KINDS['split_pending']}: run it again, or 'xraybatch split "
                              f"{ds.ref.url} --restore'"))
     return found
+
+
+def unfinished(problems: list[Problem]) -> tuple[list[int], list[Problem]]:
+    """What an ingest that stopped leaves, set apart: the chunks never marked done, and the
+    other problems (without ``incomplete``, ``not_done`` and those chunks' pixels and
+    histograms, which were never written).
+
+    Examples
+    --------
+    >>> found = [Problem("incomplete", None, None, None, None, "not marked complete"),
+    ...          Problem("missing_chunk", "images", 3, None, None, "chunk file missing"),
+    ...          Problem("not_done", None, 3, None, None, "never marked done"),
+    ...          Problem("missing_chunk", "labels", 3, None, None, "chunk file missing")]
+    >>> chunks, rest = unfinished(found)
+    >>> chunks, [(p.kind, p.array) for p in rest]
+    ([3], [('missing_chunk', 'labels')])
+    """
+    chunks = sorted({p.chunk for p in problems if p.kind == "not_done"})
+    left = set(chunks)
+    rest = [p for p in problems if p.kind not in ("incomplete", "not_done") and not (
+        p.kind == "missing_chunk" and p.array in _WRITTEN_BY_TASKS and p.chunk in left)]
+    return chunks, rest
 
 
 # --- the Dask task ---------------------------------------------------------------------------
