@@ -118,6 +118,23 @@ def test_stale_records_found_without_checksums(copy: Path) -> None:
     assert {p.row: p.path for p in result.problems} == {5: paths[5], 40: paths[40]}
 
 
+@pytest.mark.parametrize("name", ["sha256", "status", "file_bytes", "path"])
+def test_stale_row_named_beside_a_damaged_record(copy: Path, name: str, capsys) -> None:
+    """A stale hist row is named by its path alone: a damaged sha256, status or file_bytes
+    chunk (not needed for that) is only reported; a damaged path chunk leaves it unnamed."""
+    group = zarr.open_group(str(copy), mode="r+")
+    paths, hist = group["path"][:], group["hist"][5]
+    hist[int(group["images"][5, 0, 0])] -= 1
+    hist[(int(group["images"][5, 0, 0]) + 1) % 256] += 1
+    group["hist"][5] = hist
+    _flip(copy / name / "c" / "0", (copy / name / "c" / "0").stat().st_size // 2)
+    code, out = _run(str(copy), capsys=capsys)
+    assert code == 1 and out.rstrip().endswith("verify: FAILED: 2 problems"), out
+    found = {(p.kind, p.array, p.row, p.path) for p in verify(copy).problems}
+    named = None if name == "path" else paths[5]
+    assert found == {("checksum", name, None, None), ("hist", None, 5, named)}
+
+
 def test_invalid_row_must_be_zero(synth_copy: Path, tmp_path: Path) -> None:
     bad = sorted(synth_copy.rglob("*.jpeg"))[3]
     bad.write_bytes(b"not an image")

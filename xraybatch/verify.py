@@ -340,6 +340,19 @@ def _token(spec: VerifyTask) -> str:
     return hashlib.sha256(repr(spec).encode()).hexdigest()[:32]
 
 
+def _paths(group: Any, facts: Any, rows: list[int]) -> dict[int, str]:
+    """The source path of each of ``rows``: from the facts read for ``sources``, else from
+    the chunks of ``path`` that hold them (no other array). A damaged ``path`` chunk,
+    reported as such, leaves the rows unnamed."""
+    if facts is not None or not rows:
+        return {r: str(facts.path[r]) for r in rows}
+    try:
+        found = group["path"].get_orthogonal_selection(np.asarray(rows))
+    except (ValueError, RuntimeError):
+        return {}
+    return dict(zip(rows, map(str, found), strict=True))
+
+
 # --- new files, from a scan of the source ----------------------------------------------------
 
 
@@ -444,11 +457,10 @@ def verify(out: str | os.PathLike, *, sources: bool = False, scheduler: Any = "t
                            label="verify")
     verdicts.sort(key=lambda v: v.index)
     problems = store_problems(ds) + [p for v in verdicts for p in v.problems]
-    if any(p.row is not None for p in problems):
-        paths = store.source_facts(group).path.to_numpy() if facts is None else facts.path
-        problems = [p if p.row is None else Problem(p.kind, p.array, p.chunk, p.row,
-                                                    str(paths[p.row]), p.message)
-                    for p in problems]
+    paths = _paths(group, facts, sorted({p.row for p in problems if p.row is not None}))
+    problems = [p if p.row not in paths else Problem(p.kind, p.array, p.chunk, p.row,
+                                                     paths[p.row], p.message)
+                for p in problems]
     check = None
     if sources:
         new, note = _new_files(attrs, set(facts.path), options)
