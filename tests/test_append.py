@@ -3,6 +3,7 @@ fresh ingest of the union; statistics from stored partials; kill -9 anywhere, th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import zarr
 from corpus import assert_same_store, open_group
 
 import xraybatch
-from xraybatch import cli, decode, lock, stats, store, zarrio
+from xraybatch import cli, decode, lock, splits, stats, store, zarrio
 from xraybatch.store import StoreError, StoreRef
 
 SIZE, CHUNK = 32, 8
@@ -545,6 +546,51 @@ def test_append_after_a_computed_split_says_to_split_again(grown, tmp_path, caps
     assert cli.main(["ingest", str(grown["src"]), str(plain), "--size", str(SIZE), "--quiet",
                      "--append", "--scheduler", "sync"]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def test_split_racing_an_append_is_refused_in_one_line(grown, tmp_path, monkeypatch, capsys):
+    """``xraybatch split`` with an append that finishes, or still runs, while the split
+    computes its groups, or that was interrupted: one line each, nothing of the split written.
+    """
+    real = splits.groups_of
+    out = _copy(grown["old"], tmp_path)
+
+    def appended_meanwhile(*args, **kwargs):
+        xraybatch.ingest(grown["src"], out, size=SIZE, append=True, scheduler="sync")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(splits, "groups_of", appended_meanwhile)
+    assert cli.main(["split", str(out), "--by", "patient"]) == 2
+    err = capsys.readouterr().err
+    assert "changed while the split was computed" in err and "run the split again" in err
+    assert len(err.strip().splitlines()) == 1, err
+    ds = xraybatch.open(str(out))
+    assert [h["action"] for h in ds.history] == ["ingest", "append"]
+    assert "split_assignment" not in ds.attrs and "split_pending" not in ds.attrs
+    monkeypatch.setattr(splits, "groups_of", real)
+    assert cli.main(["split", str(out), "--by", "patient"]) == 0  # run again: written
+    running = _copy(grown["old"], tmp_path, "running.zarr")
+    with contextlib.ExitStack() as writer:
+
+        def append_running(*args, **kwargs):
+            writer.enter_context(lock.locked(StoreRef(str(running))))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(splits, "groups_of", append_running)
+        assert cli.main(["split", str(running), "--by", "patient"]) == 2
+    monkeypatch.setattr(splits, "groups_of", real)
+    err = capsys.readouterr().err
+    assert "is being written by" in err and len(err.strip().splitlines()) == 1, err
+    pending = _copy(grown["old"], tmp_path, "pending.zarr")
+    zarr.open_group(str(pending), mode="r+").update_attributes(
+        {"append_pending": {"rows": [0, 1], "token": "t"}})
+    files = {p: p.read_bytes() for p in pending.rglob("*") if p.is_file()}
+    for args in (["--by", "patient"], ["--restore"]):
+        assert cli.main(["split", str(pending), *args]) == 2
+        err = capsys.readouterr().err
+        assert "has an interrupted append" in err and "--append --resume" in err
+        assert len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in pending.rglob("*") if p.is_file()} == files
 
 
 # --- object storage --------------------------------------------------------------------------

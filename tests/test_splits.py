@@ -3,6 +3,7 @@ stratification, the store's records, and the readers that follow the new split."
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import shutil
@@ -419,6 +420,27 @@ def test_incomplete_and_busy_stores_are_refused(tmp_path: Path, capsys) -> None:
     assert code == 2 and "being written" in err
     code, _, err = cli(capsys, "split", tmp_path / "nothing.zarr", "--by", "patient")
     assert code == 2 and "no store" in err
+
+
+def test_format1_store_is_refused_untouched(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A store of format 1 (written before versions and history, and before split_original)
+    has no version 1 for a split to follow: refused in one line, nothing written; a dry run
+    still shows what a split would do."""
+    ids, label = small_groups(100, 3)
+    with monkeypatch.context() as m:
+        m.setattr(store, "create", functools.partial(store.create, checksums=False))
+        out = make_store(tmp_path / "old.zarr", ids, label, leaky_split(100, 3))
+    group = zarr.open_group(str(out), mode="r+")
+    del group["split_original"]
+    zarrio.consolidate(group)
+    assert "format_version" not in group.attrs
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for args in (["--by", "patient"], ["--restore"]):
+        code, _, err = cli(capsys, "split", out, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "format-1 store" in err and "ingest it anew once with --overwrite" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    assert cli(capsys, "split", out, "--by", "patient", "--dry-run")[0] == 0
 
 
 # --- the benchmark --------------------------------------------------------------------------

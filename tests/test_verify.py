@@ -118,6 +118,23 @@ def test_stale_records_found_without_checksums(copy: Path) -> None:
     assert {p.row: p.path for p in result.problems} == {5: paths[5], 40: paths[40]}
 
 
+@pytest.mark.parametrize("name", ["sha256", "status", "file_bytes", "path"])
+def test_stale_row_named_beside_a_damaged_record(copy: Path, name: str, capsys) -> None:
+    """A stale hist row is named by its path alone: a damaged sha256, status or file_bytes
+    chunk (not needed for that) is only reported; a damaged path chunk leaves it unnamed."""
+    group = zarr.open_group(str(copy), mode="r+")
+    paths, hist = group["path"][:], group["hist"][5]
+    hist[int(group["images"][5, 0, 0])] -= 1
+    hist[(int(group["images"][5, 0, 0]) + 1) % 256] += 1
+    group["hist"][5] = hist
+    _flip(copy / name / "c" / "0", (copy / name / "c" / "0").stat().st_size // 2)
+    code, out = _run(str(copy), capsys=capsys)
+    assert code == 1 and out.rstrip().endswith("verify: FAILED: 2 problems"), out
+    found = {(p.kind, p.array, p.row, p.path) for p in verify(copy).problems}
+    named = None if name == "path" else paths[5]
+    assert found == {("checksum", name, None, None), ("hist", None, 5, named)}
+
+
 def test_invalid_row_must_be_zero(synth_copy: Path, tmp_path: Path) -> None:
     bad = sorted(synth_copy.rglob("*.jpeg"))[3]
     bad.write_bytes(b"not an image")
@@ -236,6 +253,65 @@ def test_sources_at_a_url(synth_small: Path, tmp_path: Path) -> None:
         assert [c["path"] for c in check.changed] == [victim.split("chest_xray/", 1)[1]]
     finally:
         fs.rm("/verify-src", recursive=True)
+
+
+def test_incomplete_store_is_summarized(synth_small: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """An ingest stopped after two of 30 chunks: one line says so and how to finish it,
+    damage to a written chunk is still listed, ``--json`` lists every problem."""
+    written = []
+
+    def stopping(*args, **kwargs):  # Ctrl-C once two chunks are written
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(args[1])
+        return write_chunk(*args, **kwargs)
+
+    write_chunk = store.write_chunk
+    monkeypatch.setattr(store, "write_chunk", stopping)
+    out = tmp_path / "x.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        xraybatch.ingest(synth_small, out, size=SIZE, chunk=2, scheduler="sync")
+    monkeypatch.undo()
+    (out / f"hist/c/{written[0]}/0").unlink()  # damage to a written chunk
+    code, text = _run(str(out), capsys=capsys)
+    listed = [line.split() for line in text.splitlines() if line.startswith("  ")]
+    assert code == 1 and len(listed) == 2, text
+    first = ", ".join(map(str, sorted(set(range(30)) - set(written))[:5]))
+    assert " ".join(listed[0]) == (f"incomplete the ingest did not finish: 28 of 30 chunks not "
+                                   f"written (chunks {first}, ...): run xraybatch ingest SRC "
+                                   f"{out} --resume")
+    assert listed[1][:3] == ["missing_chunk", "hist", "chunk"]
+    assert cli.main(["verify", str(out), "--json", "--quiet"]) == 1
+    kinds = [p["kind"] for p in json.loads(capsys.readouterr().out)["problems"]]
+    assert (kinds.count("incomplete"), kinds.count("not_done"),
+            kinds.count("missing_chunk")) == (1, 28, 2 * 28 + 1)
+
+
+def test_interrupted_split_is_reported_then_mended_by_split(
+        clean: Path, copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys) -> None:
+    """A split killed before its commit: verify says so (as stats does); ``split`` run again
+    finishes it as an uninterrupted one would; ``--keep`` waits for a restore."""
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(store.versions, "history_attrs", killed)  # called by write_split
+        assert cli.main(["split", str(copy), "--by", "patient"]) == 130
+    code, out = _run(str(copy), capsys=capsys)
+    assert code == 1 and "interrupted 'xraybatch split'" in out and "--restore" in out, out
+    assert [(p.kind, p.array) for p in verify(copy).problems] == [("split_pending", "split")]
+    assert cli.main(["split", str(copy), "--by", "patient", "--keep", "test"]) == 2
+    err = capsys.readouterr().err
+    assert "half rewritten" in err and "--restore" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["split", str(copy), "--by", "patient"]) == 0
+    assert verify(copy).ok
+    whole = Path(shutil.copytree(clean, tmp_path / "whole.zarr"))
+    assert cli.main(["split", str(whole), "--by", "patient"]) == 0
+    mended, fresh = xraybatch.open(str(copy)), xraybatch.open(str(whole))
+    assert (mended.split == fresh.split).all() and "split_pending" not in mended.attrs
+    assert mended.attrs["split_token"] == fresh.attrs["split_token"]
 
 
 def test_distributed_client(clean: Path) -> None:

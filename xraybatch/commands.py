@@ -382,10 +382,7 @@ def _print_verify(result: Any) -> None:
     print(f"checked {result.chunks_checked} chunk files; {result.images_checked} of "
           f"{result.n_images} images ({result.image_chunks} chunks) compared with their records; "
           f"{result.seconds:.1f} s ({result.images_per_second:.0f} images/s)")
-    for problem in result.problems[:_LISTED]:
-        print(f"  {problem.line()}")
-    if len(result.problems) > _LISTED:
-        print(f"  ... and {len(result.problems) - _LISTED} more problems (--json lists all)")
+    _print_problems(result)
     check = result.sources
     if check is not None:
         print(f"sources: {check.files_checked} files under {check.source} re-hashed: "
@@ -404,6 +401,25 @@ def _print_verify(result: Any) -> None:
               f", {len(check.changed) + len(check.missing) + len(check.new)} source files differ")
     print("verify: OK" if result.ok else
           f"verify: FAILED: {len(result.problems)} problems{differ}")
+
+
+def _print_problems(result: Any) -> None:
+    """The problems, one line each up to :data:`_LISTED`; those of an ingest that did not
+    finish (its chunks not written yet) in one line."""
+    from .verify import unfinished
+
+    problems = result.problems
+    if not result.complete:
+        chunks, problems = unfinished(problems)
+        first = ", ".join(map(str, chunks[:5])) + (", ..." if len(chunks) > 5 else "")
+        written = (f"{len(chunks)} of {result.image_chunks} chunks not written (chunks "
+                   f"{first})" if chunks else "every chunk written, not marked complete")
+        print(f"  {'incomplete':<16} the ingest did not finish: {written}: run xraybatch "
+              f"ingest SRC {shlex.quote(result.store)} --resume")
+    for problem in problems[:_LISTED]:
+        print(f"  {problem.line()}")
+    if len(problems) > _LISTED:
+        print(f"  ... and {len(problems) - _LISTED} more problems (--json lists all)")
 
 
 def _cmd_dups(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import lock, store
 from .store import StoreError, XrayStore
+from .store.versions import refuse_if_appending
 
 #: What ``--by`` may join groups on.
 BY_CHOICES = ("patient", "content")
@@ -346,8 +347,12 @@ def split(out: str, by: tuple[str, ...] | str, ratios: dict[str, float] | str = 
             raise ValueError(f"ratios {ratios}: name train, val, test or train, test")
         ratios = ",".join(str(v) for v in ratios.values())
     ratios = parse_ratios(ratios)
-    ds = _open_for_split(out, storage_options)
+    ds = _open_for_split(out, storage_options, dry_run)
     fractions = np.array([0.0 if s == keep else r for s, r in ratios.items()])
+    if keep is not None and ds.attrs.get("split_pending"):
+        raise StoreError(f"--keep {keep}: the split of {out} is half rewritten by an "
+                         "interrupted split, so which images are in it is not known: put the "
+                         f"scan's back first with 'xraybatch split {out} --restore'")
     if keep is not None and keep not in ds.splits:
         raise ValueError(f"--keep {keep}: the store has no split {keep} "
                          f"(it has {', '.join(ds.splits)})")
@@ -389,7 +394,7 @@ def restore(out: str, *, dry_run: bool = False,
     >>> restore("xray.zarr").assignment["method"]  # doctest: +SKIP
     'scan'
     """
-    ds = _open_for_split(out, storage_options)
+    ds = _open_for_split(out, storage_options, dry_run)
     values = ds.original_split
     assignment = {"method": "scan", "when": store.utc_now(), "counts": _counts(values, ds.splits)}
     return _finish(ds, values, ds.splits, assignment, None,
@@ -397,13 +402,42 @@ def restore(out: str, *, dry_run: bool = False,
                    "xraybatch split --restore", dry_run)
 
 
-def _open_for_split(out: str, storage_options: dict | None) -> XrayStore:
+def _open_for_split(out: str, storage_options: dict | None, dry_run: bool) -> XrayStore:
+    """The store, refused in one line before any work if a split could not be written."""
     ds = XrayStore(out, storage_options)
     lock.refuse_if_busy(ds.ref)
     if not ds.complete:
         raise StoreError(f"{out} is INCOMPLETE (an interrupted ingest): finish it with "
                          f"'xraybatch ingest SRC {out} --resume' before splitting it")
+    if not dry_run:
+        _refuse_format_1(ds)
+        refuse_if_appending(ds.ref.url, ds.attrs)
     return ds
+
+
+def _refuse_format_1(ds: XrayStore) -> None:
+    """A split records a version and a history entry, which format-1 stores do not have
+    (they came with format 2): it would leave a version 2 without a version 1."""
+    version = store.format_version(ds.attrs)
+    if version < 2:
+        raise StoreError(f"cannot split {ds.ref.url}: it is a format-{version} store "
+                         f"(xraybatch {ds.attrs.get('xraybatch_version')}), without the "
+                         "versions and history a split records; ingest it anew once with "
+                         "--overwrite")
+
+
+def _refuse_if_changed(ds: XrayStore) -> None:
+    """Under the writer lock: refuse if an append (or another split) committed, or an
+    append began, since ``ds`` was opened; the assignment computed is of the rows read then.
+    """
+    now = dict(ds.ref.open("r").attrs)
+    refuse_if_appending(ds.ref.url, now)
+    if [now.get(k) for k in ("version", "n_images")] != [ds.attrs.get(k)
+                                                        for k in ("version", "n_images")]:
+        raise StoreError(f"{ds.ref.url} changed while the split was computed (version "
+                         f"{ds.attrs.get('version')} -> {now.get('version')}, "
+                         f"{ds.attrs.get('n_images')} -> {now.get('n_images')} images: an "
+                         "append or another split finished meanwhile); run the split again")
 
 
 def _kept(ds: XrayStore, groups: np.ndarray, keep: str, values: np.ndarray) -> np.ndarray:
@@ -440,6 +474,7 @@ def _finish(ds: XrayStore, values: np.ndarray, names: list[str], assignment: dic
     if not dry_run:
         entry = {"action": "split", "source": source, "rows": [0, len(ds)]}
         with lock.locked(ds.ref):
+            _refuse_if_changed(ds)
             version = store.write_split(ds.ref, values, names, assignment, entry)
     counts = pd.DataFrame(np.stack([members[values == i].sum(axis=0)
                                     for i in range(len(names))]),

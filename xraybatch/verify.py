@@ -40,10 +40,13 @@ KINDS = {
     "missing_chunk": "a chunk file that is always written does not exist",
     "not_done": "a chunk was never marked done (an interrupted run: ingest --resume)",
     "incomplete": "the store is not marked complete",
+    "split_pending": "an interrupted 'xraybatch split' left the split half rewritten",
     "hist": "a stored image's histogram differs from its hist row",
     "moments": "a stored image's mean or std differs from the image's own",
     "invalid_not_zero": "the row of a file that was not stored is not all zero",
 }
+#: Arrays whose chunk files the chunk tasks write: absent from every chunk not done yet.
+_WRITTEN_BY_TASKS = ("images", "hist")
 #: Source files whose status at ingest meant they could not be read (no hash recorded).
 _UNREAD = ("missing", "symlink_loop", "unreadable")
 
@@ -243,6 +246,49 @@ def check_source(url: str, stored_bytes: int, stored_sha: str, status: str
                        "stored_sha256": stored_sha, "sha256": sha, "message": message}
 
 
+def store_problems(ds: store.XrayStore) -> list[Problem]:
+    """The problems of the whole store, from its attributes: not marked complete (an ingest
+    that stopped), a split half rewritten (``split_pending``).
+
+    Examples
+    --------
+    >>> [p.kind for p in store_problems(xraybatch.open("x.zarr"))]  # doctest: +SKIP
+    ['split_pending']
+    """
+    found = []
+    if not ds.complete:
+        found.append(Problem("incomplete", None, None, None, None,
+                             "the store is not marked complete: finish it with "
+                             "xraybatch ingest SRC OUT --resume"))
+    if ds.attrs.get("split_pending"):
+        found.append(Problem("split_pending", "split", None, None, None,
+                             f"{KINDS['split_pending']}: run it again, or 'xraybatch split "
+                             f"{ds.ref.url} --restore'"))
+    return found
+
+
+def unfinished(problems: list[Problem]) -> tuple[list[int], list[Problem]]:
+    """What an ingest that stopped leaves, set apart: the chunks never marked done, and the
+    other problems (without ``incomplete``, ``not_done`` and those chunks' pixels and
+    histograms, which were never written).
+
+    Examples
+    --------
+    >>> found = [Problem("incomplete", None, None, None, None, "not marked complete"),
+    ...          Problem("missing_chunk", "images", 3, None, None, "chunk file missing"),
+    ...          Problem("not_done", None, 3, None, None, "never marked done"),
+    ...          Problem("missing_chunk", "labels", 3, None, None, "chunk file missing")]
+    >>> chunks, rest = unfinished(found)
+    >>> chunks, [(p.kind, p.array) for p in rest]
+    ([3], [('missing_chunk', 'labels')])
+    """
+    chunks = sorted({p.chunk for p in problems if p.kind == "not_done"})
+    left = set(chunks)
+    rest = [p for p in problems if p.kind not in ("incomplete", "not_done") and not (
+        p.kind == "missing_chunk" and p.array in _WRITTEN_BY_TASKS and p.chunk in left)]
+    return chunks, rest
+
+
 # --- the Dask task ---------------------------------------------------------------------------
 
 
@@ -292,6 +338,19 @@ def _tasks(ref: StoreRef, group: Any, facts: Any, root: str, source_options: dic
 
 def _token(spec: VerifyTask) -> str:
     return hashlib.sha256(repr(spec).encode()).hexdigest()[:32]
+
+
+def _paths(group: Any, facts: Any, rows: list[int]) -> dict[int, str]:
+    """The source path of each of ``rows``: from the facts read for ``sources``, else from
+    the chunks of ``path`` that hold them (no other array). A damaged ``path`` chunk,
+    reported as such, leaves the rows unnamed."""
+    if facts is not None or not rows:
+        return {r: str(facts.path[r]) for r in rows}
+    try:
+        found = group["path"].get_orthogonal_selection(np.asarray(rows))
+    except (ValueError, RuntimeError):
+        return {}
+    return dict(zip(rows, map(str, found), strict=True))
 
 
 # --- new files, from a scan of the source ----------------------------------------------------
@@ -397,16 +456,11 @@ def verify(out: str | os.PathLike, *, sources: bool = False, scheduler: Any = "t
         verdicts = compute(tasks, target, workers, progress, retries, images=len(ds),
                            label="verify")
     verdicts.sort(key=lambda v: v.index)
-    problems = [p for v in verdicts for p in v.problems]
-    if not ds.complete:
-        problems.insert(0, Problem("incomplete", None, None, None, None,
-                                   "the store is not marked complete: finish it with "
-                                   "xraybatch ingest SRC OUT --resume"))
-    if any(p.row is not None for p in problems):
-        paths = store.source_facts(group).path.to_numpy() if facts is None else facts.path
-        problems = [p if p.row is None else Problem(p.kind, p.array, p.chunk, p.row,
-                                                    str(paths[p.row]), p.message)
-                    for p in problems]
+    problems = store_problems(ds) + [p for v in verdicts for p in v.problems]
+    paths = _paths(group, facts, sorted({p.row for p in problems if p.row is not None}))
+    problems = [p if p.row not in paths else Problem(p.kind, p.array, p.chunk, p.row,
+                                                     paths[p.row], p.message)
+                for p in problems]
     check = None
     if sources:
         new, note = _new_files(attrs, set(facts.path), options)

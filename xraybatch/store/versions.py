@@ -270,9 +270,7 @@ def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
     2
     """
     group = ref.open("r+")
-    if APPEND_PENDING in group.attrs:  # its grown arrays would be consolidated by ours
-        raise StoreError(f"{ref.url} has an interrupted append: finish it first with "
-                         "xraybatch ingest SRC OUT --append --resume")
+    refuse_if_appending(ref.url, group.attrs)  # its grown arrays would be consolidated by ours
     old = list(group.attrs["splits"])
     if splits[:len(old)] != old or len(splits) > 127:
         raise ValueError(f"split names {splits} do not extend the store's {old}")
@@ -292,6 +290,22 @@ def write_split(ref: StoreRef, values: np.ndarray, splits: list[str],
                                "split_token": split_token(values, splits)},
                        drop=("split_pending",))
     return attrs["version"]
+
+
+def refuse_if_appending(url: str, attrs: dict[str, Any]) -> None:
+    """Raise the one-line :class:`StoreError` if ``attrs`` record an append in progress
+    (``append_pending``: running, or interrupted and waiting for ``--append --resume``).
+
+    Examples
+    --------
+    >>> refuse_if_appending("x.zarr", {"append_pending": {"rows": [60, 72]}})
+    Traceback (most recent call last):
+    ...
+    xraybatch.location.StoreError: x.zarr has an interrupted append: finish it first with xraybatch ingest SRC x.zarr --append --resume
+    """  # noqa: E501
+    if APPEND_PENDING in attrs:
+        raise StoreError(f"{url} has an interrupted append: finish it first with "
+                         f"xraybatch ingest SRC {url} --append --resume")
 
 
 def _save_original(group: zarr.Group, splits: list[str]) -> None:
