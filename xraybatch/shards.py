@@ -14,6 +14,7 @@ with what zarr writes and reads.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -80,19 +81,46 @@ def _index_spec(codec: ShardingCodec, per_shard: tuple[int, ...]) -> ArraySpec:
     return codec._get_index_chunk_spec(per_shard)
 
 
+def _inner_codec(codec: ShardingCodec, inner: ArraySpec) -> tuple[Any, Any]:
+    """(encode, decode) of one inner chunk, numpy array <-> numpy bytes: zarr's codecs, or
+    for raw bytes + CRC-32C of one-byte values (the images) the same bytes without zarr's
+    ~0.1 ms per call (12 ms per shard of 128 images, 3% of decoding them)."""
+    one_byte = np.dtype(inner.dtype.to_native_dtype()).itemsize == 1
+    if one_byte and [type(c) for c in codec.codecs] == [BytesCodec, Crc32cCodec]:
+        return _raw_crc32c, functools.partial(_checked_raw, shape=inner.shape)
+    return (lambda a: encode(codec.codecs, inner.prototype.nd_buffer.from_numpy_array(a),
+                             inner).as_numpy_array(),
+            lambda b: decode(codec.codecs, _bytes(b), inner).as_numpy_array())
+
+
+def _raw_crc32c(values: np.ndarray) -> np.ndarray:
+    out = np.empty(values.size + 4, np.uint8)
+    out[:-4] = values.reshape(-1)
+    out[-4:] = np.frombuffer(crc32c(out[:-4]).to_bytes(4, "little"), np.uint8)
+    return out
+
+
+def _checked_raw(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if len(data) < 4 or crc32c(data[:-4]) != int.from_bytes(data[-4:].tobytes(), "little"):
+        raise ValueError("stored and computed CRC-32C checksums do not match")
+    return data[:-4].reshape(shape)
+
+
 def _encode_shard(codec: ShardingCodec, shard: NDBuffer, spec: ArraySpec,
                   inside: tuple[int, ...]) -> Buffer:
     per_shard = codec._get_chunks_per_shard(spec)
-    inner = codec._get_chunk_spec(spec)
+    encode_inner, _ = _inner_codec(codec, codec._get_chunk_spec(spec))
+    values = shard.as_numpy_array()
+    if encode_inner is _raw_crc32c and _one_row_each(codec, per_shard):
+        return _encode_rows(codec, values[:inside[0]], per_shard)
     index = np.full((*per_shard, 2), MAX_UINT_64, dtype=np.uint64)
     parts, offset = [], 0
     for coords in morton_order_iter(per_shard):  # zarr's order of the inner chunks
         if any(c * s >= n for c, s, n in zip(coords, codec.chunk_shape, inside, strict=True)):
             continue
-        part = encode(codec.codecs, shard[_inner_region(codec, coords)], inner)
-        parts.append(part.as_numpy_array())
-        index[coords] = (offset, len(part))
-        offset += len(part)
+        parts.append(encode_inner(values[_inner_region(codec, coords)]))
+        index[coords] = (offset, len(parts[-1]))
+        offset += len(parts[-1])
     index_spec = _index_spec(codec, per_shard)
     if codec.index_location == ShardingCodecIndexLocation.start:
         written = index[..., 0] != MAX_UINT_64
@@ -105,6 +133,33 @@ def _encode_shard(codec: ShardingCodec, shard: NDBuffer, spec: ArraySpec,
     return default_buffer_prototype().buffer.from_array_like(np.concatenate(ordered))
 
 
+def _one_row_each(codec: ShardingCodec, per_shard: tuple[int, ...]) -> bool:
+    """Inner chunks of one row (whole along the other axes), the index at the end: the
+    shard is its rows one after the other, then the index."""
+    return (all(n == 1 for n in per_shard[1:])
+            and codec.index_location == ShardingCodecIndexLocation.end)
+
+
+def _encode_rows(codec: ShardingCodec, rows: np.ndarray, per_shard: tuple[int, ...]
+                 ) -> Buffer:
+    """:func:`_encode_shard` of one-row inner chunks of raw bytes + CRC-32C, written in
+    place: one copy of the values (the same bytes as the general loop)."""
+    n, width = len(rows), rows[0].size + 4 if len(rows) else 4
+    index = np.full((*per_shard, 2), MAX_UINT_64, dtype=np.uint64)
+    flat = index.reshape(-1, 2)
+    flat[:n, 0], flat[:n, 1] = np.arange(n, dtype=np.uint64) * np.uint64(width), width
+    spec = _index_spec(codec, per_shard)
+    encoded = encode(codec.index_codecs, spec.prototype.nd_buffer.from_numpy_array(index),
+                     spec).as_numpy_array()
+    out = np.empty(n * width + len(encoded), np.uint8)
+    body = out[:n * width].reshape(n, width)
+    body[:, :-4] = rows.reshape(n, -1)
+    sums = np.array([crc32c(body[k, :-4]) for k in range(n)], dtype="<u4")
+    body[:, -4:] = sums.view(np.uint8).reshape(n, 4)
+    out[n * width:] = encoded
+    return default_buffer_prototype().buffer.from_array_like(out)
+
+
 def _decode_shard(codec: ShardingCodec, data: Buffer, spec: ArraySpec) -> NDBuffer:
     per_shard = codec._get_chunks_per_shard(spec)
     raw = data.as_numpy_array()
@@ -112,10 +167,11 @@ def _decode_shard(codec: ShardingCodec, data: Buffer, spec: ArraySpec) -> NDBuff
     at_start = codec.index_location == ShardingCodecIndexLocation.start
     index = decode(codec.index_codecs, _bytes(raw[:size] if at_start else raw[len(raw) - size:]),
                    _index_spec(codec, per_shard)).as_numpy_array()
-    inner = codec._get_chunk_spec(spec)
+    _, decode_inner = _inner_codec(codec, codec._get_chunk_spec(spec))
     out = spec.prototype.nd_buffer.create(shape=spec.shape,
                                           dtype=spec.dtype.to_native_dtype(),
                                           order=spec.order, fill_value=spec.fill_value)
+    values = out.as_numpy_array()
     for coords in np.ndindex(*per_shard):
         start, length = (int(x) for x in index[coords])
         if start == MAX_UINT_64:  # not written: the fill value
@@ -124,10 +180,9 @@ def _decode_shard(codec: ShardingCodec, data: Buffer, spec: ArraySpec) -> NDBuff
             raise ValueError(f"inner chunk {coords} ends at byte {start + length}, after "
                              f"the {len(raw)} bytes of the shard")
         try:
-            value = decode(codec.codecs, _bytes(raw[start:start + length]), inner)
+            values[_inner_region(codec, coords)] = decode_inner(raw[start:start + length])
         except ValueError as e:  # name the inner chunk (one image of an images shard)
             raise ValueError(f"inner chunk {coords}: {e}") from None
-        out[_inner_region(codec, coords)] = value.as_numpy_array()
     return out
 
 
