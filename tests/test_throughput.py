@@ -158,8 +158,8 @@ def test_default_ingest_is_auto_and_matches_cv2(synth_small: Path, tmp_path: Pat
 @pytest.mark.parametrize("checksums", [False, True])
 @pytest.mark.parametrize("sharded", [False, True])
 def test_zarrio_chunks_equal_zarrs_own(tmp_path: Path, sharded: bool, checksums: bool) -> None:
-    """Whole-chunk writes, short last chunk included, give zarr's own files (sharded arrays
-    go through zarr's pipeline: their codec cannot encode synchronously), with the store's
+    """Whole-chunk writes, short last chunk included, give zarr's own files (a sharded
+    array's chunk is a shard; tests/test_shards.py compares the images layout), with the store's
     checksum codecs too (CRC-32C, Zstd with its frame checksum); and zarrio reads back,
     checksums checked, what zarr reads."""
     from zarr.codecs import Crc32cCodec, ZstdCodec

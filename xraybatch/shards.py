@@ -136,7 +136,7 @@ def _encode_shard(codec: ShardingCodec, shard: NDBuffer, spec: ArraySpec,
 def _one_row_each(codec: ShardingCodec, per_shard: tuple[int, ...]) -> bool:
     """Inner chunks of one row (whole along the other axes), the index at the end: the
     shard is its rows one after the other, then the index."""
-    return (all(n == 1 for n in per_shard[1:])
+    return (codec.chunk_shape[0] == 1 and all(n == 1 for n in per_shard[1:])
             and codec.index_location == ShardingCodecIndexLocation.end)
 
 
