@@ -13,8 +13,10 @@ Two ways to read a store:
 - :class:`XrayDataset` with a ``DataLoader`` of your own: ``(image, label)`` per sample, for
   per-sample transforms; :class:`ChunkShuffleSampler` keeps its chunk reads at one per chunk.
 
-Reads: zarr reads whole chunks of ``chunk`` images (the store's chunk size), so reading one
-image reads its chunk. Every process keeps the last few chunks it read, in buffers it reuses.
+Reads (:class:`~xraybatch.pixels.Pixels`): on a local store each image is read by its offset
+in its shard file; elsewhere (object storage, stores with whole-chunk image files) reading
+one image reads its chunk, and every process keeps the last few chunks it read, in buffers
+it reuses.
 
 Worker processes: datasets pickle as a store address and index arrays only; every process
 opens the zarr store itself on its first read (``num_workers > 0`` is safe with fork, spawn
@@ -168,7 +170,8 @@ class XrayDataset(Dataset):
     transform
         Applied to the image tensor ``(1, size, size)`` (e.g. torchvision v2 transforms).
     cache_chunks
-        Chunks kept per process (each is ``chunk * size * size`` bytes).
+        Chunks kept per process where images are read by whole chunks (each is
+        ``chunk * size * size`` bytes).
     storage_options
         fsspec options for a remote store.
     uncertain
@@ -306,8 +309,9 @@ class XrayDataset(Dataset):
                    pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``indices`` as one uint8 batch ``(B, 1, size, size)`` and their labels.
 
-        Each chunk touched is read once (or found in this process's cache); each image is
-        copied once, into the batch. ``epoch``: forget cached chunks of other epochs.
+        Each image is read by its offset (local store), or each chunk touched is read once
+        (or found in this process's cache) and each image copied once, into the batch.
+        ``epoch``: forget cached chunks of other epochs.
 
         Examples
         --------
