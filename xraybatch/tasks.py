@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -109,27 +109,32 @@ def process_chunk(task: ChunkTask) -> tuple[np.ndarray, np.ndarray, dict[str, np
     return images, hist, arrays, report
 
 
-#: Stores being created while the first chunks decode (local threads), by URL: the tasks
-#: wait for creation before their first write (:func:`xraybatch.build.build`).
+#: Stores being prepared (created, or grown by an append) while the first chunks decode in
+#: local threads, by URL: the tasks wait for it before their first write (:func:`prepared`).
 _CREATING: dict[str, Future] = {}
 
 
 @contextmanager
-def prepared(ref: StoreRef, target: Any, prepare: Any) -> Iterator[None]:
-    """Run ``prepare()`` (what the chunk tasks' writes need: an append grows the arrays)
-    while the first chunks decode when the tasks run in this process, else before them;
-    the block runs the tasks, and ``prepare``'s error, if any, is raised after them."""
+def prepared(ref: StoreRef, target: Any, prepare: Callable[[], Any]) -> Iterator[Future]:
+    """Run ``prepare()`` (what the chunk tasks' writes need: ingest creates the store, an
+    append grows its arrays) while the first chunks decode when the tasks run in this
+    process, else before them.
+
+    The block runs the tasks; it is given the future of ``prepare``'s result, whose error,
+    if any, is raised after the block.
+    """
     if target not in ("threads", "sync"):
-        prepare()
-        yield
+        done: Future = Future()
+        done.set_result(prepare())
+        yield done
         return
     with ThreadPoolExecutor(1) as pool:
         _CREATING[ref.url] = future = pool.submit(prepare)
         try:
-            yield
+            yield future
         finally:
             _CREATING.pop(ref.url, None)
-        future.result()
+        future.result()  # (with no chunk to run, nothing waited for it)
 
 
 def run_chunk(task: ChunkTask) -> ChunkReport:
