@@ -26,7 +26,6 @@ from .options import (
 from .scan import scan
 
 # Imported from here by verify.py (before schedulers.py existed): the same objects.
-from .schedulers import compute, connected, opencv_threads_kept  # noqa: F401
 from .sources import listing, tables
 from .store import StoreRef
 from .tasks import IngestResult
