@@ -264,11 +264,11 @@ def synthetic_codes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def search_alone(n: int) -> dict:
     """Candidate search over n synthetic codes, in this process (call in a fresh one)."""
-    from xraybatch import dups
+    from xraybatch.dups_candidates import candidate_pairs
 
     codes, planted = synthetic_codes(n)
     t0 = time.perf_counter()
-    pairs = dups.candidate_pairs(codes)
+    pairs = candidate_pairs(codes)
     seconds = time.perf_counter() - t0
     found = set(map(tuple, pairs.tolist()))
     hits = np.array([(a, b) in found for a, b, _ in planted.tolist()])
@@ -322,6 +322,8 @@ def pipeline_alone(n: int, store: str, truth_csv: str, workers: int = 2) -> dict
     import cv2
 
     from xraybatch import dups, fingerprint
+    from xraybatch.dups_candidates import candidate_pairs, sorted_unique
+    from xraybatch.dups_scoring import BLOCK, DESCRIBE_ROWS, prefilter_keep
 
     cv2.setNumThreads(1)
     pool, content, n_films, real_pairs = _real_pool(store, truth_csv)
@@ -345,22 +347,22 @@ def pipeline_alone(n: int, store: str, truth_csv: str, workers: int = 2) -> dict
         return out
 
     def describe(rows: np.ndarray) -> np.ndarray:
-        parts = [rows[i:i + dups.DESCRIBE_ROWS] for i in range(0, len(rows), dups.DESCRIBE_ROWS)]
+        parts = [rows[i:i + DESCRIBE_ROWS] for i in range(0, len(rows), DESCRIBE_ROWS)]
         with ThreadPoolExecutor(workers) as ex:
             return np.concatenate(list(ex.map(
                 lambda r: fingerprint.spectrum_descriptors(pool[film[r]]), parts)))
 
     def verify(pairs: np.ndarray) -> np.ndarray:
-        blocks = [pairs[i:i + dups.BLOCK] for i in range(0, len(pairs), dups.BLOCK)]
+        blocks = [pairs[i:i + BLOCK] for i in range(0, len(pairs), BLOCK)]
         with ThreadPoolExecutor(workers) as ex:
             return np.concatenate([np.zeros(0)] + list(ex.map(
                 lambda p: fingerprint.align_scores(pool[film[p[:, 0]]], pool[film[p[:, 1]]]),
                 blocks)))
 
-    candidates = timed("candidates", dups.candidate_pairs, codes)
-    rows = dups._sorted_unique(candidates.ravel())
+    candidates = timed("candidates", candidate_pairs, codes)
+    rows = sorted_unique(candidates.ravel())
     described = timed("descriptors", describe, rows)
-    keep = timed("prefilter", dups.prefilter_keep, described, np.searchsorted(rows, candidates),
+    keep = timed("prefilter", prefilter_keep, described, np.searchsorted(rows, candidates),
                  workers)
     del described
     survivors = candidates[keep]
@@ -413,7 +415,7 @@ def verify_cost(n_pairs: int = 400) -> float:
 def fingerprint_cost(src: Path, rounds: int = 5) -> dict:
     """Serial CPU per image of the chunk task's own work (read, SHA-256, decode, resize,
     histogram) and of the fingerprints of the results, in the order the chunk task runs them
-    (:func:`xraybatch.ingest.process_chunk`: a chunk of images decoded, then fingerprinted).
+    (:func:`xraybatch.tasks.process_chunk`: a chunk of images decoded, then fingerprinted).
 
     Each image's fastest of ``rounds`` (the least disturbed by other jobs on a shared
     machine), then the mean over the images; the medians over rounds are given too.

@@ -388,7 +388,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         raise BenchError(f"{out} is not empty; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     if args.chunk is None:
-        from xraybatch.ingest import DEFAULT_CHUNK
+        from xraybatch.options import DEFAULT_CHUNK
 
         args.chunk = DEFAULT_CHUNK
     info = machine()

@@ -15,7 +15,6 @@ Results: OUT/scale.json and a Markdown table on stdout (see benchmarks/README.md
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -65,9 +64,10 @@ def make_table(path: Path, rows: int) -> None:
 
 def child(step: str, src: str, out: str) -> dict:
     import xraybatch
-    ingest_mod = importlib.import_module("xraybatch.ingest")  # the function shadows it
     from xraybatch import store
+    from xraybatch.options import DEFAULT_CHUNK
     from xraybatch.scan import scan
+    from xraybatch.tasks import build_tasks
 
     rss0 = _peak_rss()
     t0 = time.perf_counter()
@@ -83,16 +83,15 @@ def child(step: str, src: str, out: str) -> dict:
         found = scan(None, files=src, columns=_nih())
         t_scan = time.perf_counter() - t0
         ref = store.StoreRef(out)
-        group = store.create(ref, found.manifest, size=IMAGE, chunk=ingest_mod.DEFAULT_CHUNK,
+        group = store.create(ref, found.manifest, size=IMAGE, chunk=DEFAULT_CHUNK,
                              classes=found.classes, splits=found.splits, attrs={},
                              overwrite=True, findings=found.findings)
         t_store = time.perf_counter() - t0 - t_scan
-        chunks = list(range(store.n_chunks(len(found.manifest), ingest_mod.DEFAULT_CHUNK)))
-        tasks = ingest_mod.build_tasks(ref, found.source, found.manifest.path.tolist(), chunks,
-                                       ingest_mod.DEFAULT_CHUNK,
-                                       weights=found.manifest.bytes.tolist(), size=IMAGE,
-                                       interpolation="area", decode="fast",
-                                       max_pixels=10**8, source_options={})
+        chunks = list(range(store.n_chunks(len(found.manifest), DEFAULT_CHUNK)))
+        tasks = build_tasks(ref, found.source, found.manifest.path.tolist(), chunks,
+                            DEFAULT_CHUNK, weights=found.manifest.bytes.tolist(), size=IMAGE,
+                            interpolation="area", decode="fast", max_pixels=10**8,
+                            source_options={})
         n = len(found.manifest)
         return {"n": n, "seconds": time.perf_counter() - t0, "scan_s": t_scan,
                 "store_s": t_store, "tasks": len(tasks), "classes": len(group.attrs["classes"]),

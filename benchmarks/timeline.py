@@ -27,7 +27,7 @@ from typing import Any
 from meter import system_busy  # a sibling script: benchmarks/ is on sys.path
 
 import xraybatch
-from xraybatch import decode, store
+from xraybatch import build, decode, store, tasks
 
 ingest_mod = importlib.import_module("xraybatch.ingest")
 
@@ -36,8 +36,8 @@ STAGES = {"read": "read_bytes", "hash": "content_hash", "header": "read_header",
           "decode": "decode_pixels", "resize": "fit_image", "hist": "histogram"}
 #: Phases of ``ingest``, as the functions it calls (module, attribute).
 PHASES = {"scan": (ingest_mod, "scan"), "create": (store, "create"),
-          "plan": (ingest_mod, "build_tasks"), "tasks": (ingest_mod, "compute"),
-          "summarise": (ingest_mod, "_summarize"), "mark complete": (store, "mark_complete")}
+          "plan": (build, "build_tasks"), "tasks": (build, "compute"),
+          "summarise": (build, "_summarize"), "mark complete": (store, "mark_complete")}
 
 
 class _CpuSampler(threading.Thread):
@@ -103,7 +103,7 @@ class Timeline:
         for stage, name in STAGES.items():
             self._patch(decode, name, self._stage(stage))
         self._patch(store, "write_chunk", self._stage("write"))
-        self._patch(ingest_mod, "run_chunk", self._task)
+        self._patch(tasks, "run_chunk", self._task)
         for phase, (module, name) in PHASES.items():
             self._patch(module, name, self._phase(phase))
         return self

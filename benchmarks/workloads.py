@@ -44,12 +44,14 @@ import numpy as np
 from meter import Meter  # a sibling script: benchmarks/ is on sys.path
 
 import xraybatch
-from xraybatch import decode, store
+from xraybatch import build, decode, store, tasks
 
 # The package exports the function ``ingest``, which hides the module of the same name.
 ingest_mod = importlib.import_module("xraybatch.ingest")
 
-_RUN_CHUNK = ingest_mod.run_chunk  # the real task function, before any instrumentation
+_RUN_CHUNK = tasks.run_chunk  # the real task function, before any instrumentation
+#: The ingest stages that the instrumented runs wrap: (module, name) as the callers see them.
+_STAGES = {"build_tasks": build, "compute": build, "run_chunk": tasks, "scan": ingest_mod}
 _CV_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
                4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 _CV_INTER = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR}
@@ -122,7 +124,7 @@ def decode_limit(paths: list[str], size: int, workers: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class TimedReport(ingest_mod.ChunkReport):
+class TimedReport(tasks.ChunkReport):
     """A chunk report plus when and where the task ran (wall clock, same on every worker)."""
 
     started: float = 0.0
@@ -130,7 +132,7 @@ class TimedReport(ingest_mod.ChunkReport):
     worker: str = ""
 
 
-def timed_run_chunk(task: ingest_mod.ChunkTask, cv_threads: int | None = None,
+def timed_run_chunk(task: tasks.ChunkTask, cv_threads: int | None = None,
                     writer: str | None = None) -> TimedReport:
     """``run_chunk`` with timestamps; the tuning sweeps can replace its OpenCV thread count
     (``cv2.setNumThreads(1)``) and its store writer (see :data:`WRITERS`)."""
@@ -139,7 +141,7 @@ def timed_run_chunk(task: ingest_mod.ChunkTask, cv_threads: int | None = None,
         report = _RUN_CHUNK(task)
     else:
         cv2.setNumThreads(cv_threads or 1)
-        images, hist, records, report = ingest_mod.process_chunk(task)
+        images, hist, records, report = tasks.process_chunk(task)
         WRITERS[writer or "product"](task, images, hist, records)
     return TimedReport(**dataclasses.asdict(report), started=started, ended=time.time(),
                        worker=f"{os.getpid()}-{threading.get_ident()}")
@@ -209,8 +211,7 @@ class _Instrument:
         self.spec = spec
 
     def __enter__(self) -> _Instrument:
-        self.saved = {name: getattr(ingest_mod, name) for name in
-                      ("build_tasks", "compute", "run_chunk", "scan")}
+        self.saved = {name: getattr(module, name) for name, module in _STAGES.items()}
         self.saved_codec = store.layout.IMAGES_COMPRESSORS
         spec, saved = self.spec, self.saved
 
@@ -218,9 +219,9 @@ class _Instrument:
             t0 = time.perf_counter()
             if spec.get("order") == "index":  # no weights: keys, hence the order, by index
                 params.pop("weights", None)
-            tasks = saved["build_tasks"](ref, root, paths, chunks, chunk, **params)
+            graph = saved["build_tasks"](ref, root, paths, chunks, chunk, **params)
             self.times["graph"] = time.perf_counter() - t0
-            return tasks
+            return graph
 
         def compute(*args, **kwargs):
             t0 = time.time()
@@ -236,8 +237,8 @@ class _Instrument:
             finally:
                 self.times["scan"] = time.perf_counter() - t0
 
-        ingest_mod.build_tasks, ingest_mod.compute, ingest_mod.scan = build_tasks, compute, scan
-        ingest_mod.run_chunk = functools.partial(timed_run_chunk, cv_threads=spec.get(
+        build.build_tasks, build.compute, ingest_mod.scan = build_tasks, compute, scan
+        tasks.run_chunk = functools.partial(timed_run_chunk, cv_threads=spec.get(
             "cv_threads"), writer=spec.get("writer"))
         if spec.get("codec"):  # the pixels' codec (the other arrays keep Zstd 1)
             store.layout.IMAGES_COMPRESSORS = _codec(spec["codec"])
@@ -245,7 +246,7 @@ class _Instrument:
 
     def __exit__(self, *exc) -> None:
         for name, value in self.saved.items():
-            setattr(ingest_mod, name, value)
+            setattr(_STAGES[name], name, value)
         store.layout.IMAGES_COMPRESSORS = self.saved_codec
 
 
@@ -462,9 +463,9 @@ def _write_time(paths, size, interpolation, mode, chunk, tmp) -> float:
                      attrs={})
         total, group = 0.0, store.open_for_chunks(ref)  # opened once, as by chunk tasks
         for index, (a, b) in enumerate(store.chunk_bounds(len(paths), chunk)):
-            task = ingest_mod.ChunkTask(ref, index, a, tuple(paths[a:b]), size, interpolation,
-                                        mode, decode.MAX_PIXELS)
-            images, hist, records, _ = ingest_mod.process_chunk(task)
+            task = tasks.ChunkTask(ref, index, a, tuple(paths[a:b]), size, interpolation,
+                                   mode, decode.MAX_PIXELS)
+            images, hist, records, _ = tasks.process_chunk(task)
             t0 = time.perf_counter()
             store.write_chunk(group, index, a, images, hist, records)
             total += time.perf_counter() - t0

@@ -165,17 +165,17 @@ def test_ingest_starts_the_heaviest_chunk_first(monkeypatch: pytest.MonkeyPatch,
     """Load balance: the chunks with the most bytes to decode run first (one worker)."""
     import dask
 
-    ingest_mod = importlib.import_module("xraybatch.ingest")
+    from xraybatch import tasks
     from xraybatch.store import StoreRef
 
     ran: list[int] = []
-    monkeypatch.setattr(ingest_mod, "run_chunk", lambda task: ran.append(task.index))
+    monkeypatch.setattr(tasks, "run_chunk", lambda task: ran.append(task.index))
     weights = [1, 1, 9, 9, 5, 5, 2, 2, 7, 7, 3, 3, 8, 8, 4, 4, 6, 6, 1, 1, 2, 2, 3, 3]  # 12 x 2
     paths = [f"f{i}.jpeg" for i in range(len(weights))]
-    tasks = ingest_mod.build_tasks(StoreRef(str(tmp_path / "x.zarr")), str(tmp_path), paths,
-                                   list(range(12)), 2, weights=weights, size=32,
-                                   interpolation="area", decode="fast", max_pixels=10**6)
-    dask.compute(*tasks, scheduler="threads", num_workers=1)
+    graph = tasks.build_tasks(StoreRef(str(tmp_path / "x.zarr")), str(tmp_path), paths,
+                              list(range(12)), 2, weights=weights, size=32,
+                              interpolation="area", decode="fast", max_pixels=10**6)
+    dask.compute(*graph, scheduler="threads", num_workers=1)
     chunk_weight = [weights[2 * i] + weights[2 * i + 1] for i in range(12)]
     assert [chunk_weight[i] for i in ran] == sorted(chunk_weight, reverse=True)
 

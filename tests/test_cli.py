@@ -17,7 +17,7 @@ import xraybatch
 from xraybatch import store
 from xraybatch.cli import main
 from xraybatch.commands import COMMANDS
-from xraybatch.ingest import DEFAULT_CHUNK
+from xraybatch.options import DEFAULT_CHUNK
 from xraybatch.scan import scan
 
 SIZE = ["--size", "32", "--quiet"]

@@ -31,13 +31,12 @@ distributed = pytest.importorskip("distributed")
 SIZE, CHUNK, N_CHUNKS = 64, 4, 15  # synth_small has 60 images
 DELAY = 0.25  # seconds added to every chunk task on the workers
 PRELOAD = '''
-import os, sys, time
+import os, time
 
-import xraybatch.ingest  # noqa: F401  (the package imports its modules lazily)
+from xraybatch import tasks
 
-ingest = sys.modules["xraybatch.ingest"]
 # distributed imports a preload file twice: wrap the original function only once
-process_chunk = ingest.__dict__.setdefault("_unpatched_process_chunk", ingest.process_chunk)
+process_chunk = tasks.__dict__.setdefault("_unpatched_process_chunk", tasks.process_chunk)
 log = os.path.join(os.environ["XRB_TEST_LOG"], f"{os.getpid()}.log")
 
 
@@ -48,7 +47,7 @@ def logged_slow_chunk(task):
     return process_chunk(task)
 
 
-ingest.process_chunk = logged_slow_chunk
+tasks.process_chunk = logged_slow_chunk
 '''
 
 

@@ -14,7 +14,7 @@ import zarr
 from conftest import benchmark_module
 
 import xraybatch
-from xraybatch import dups, fingerprint, zarrio
+from xraybatch import dups, dups_candidates, dups_scoring, fingerprint, zarrio
 from xraybatch.cli import main
 from xraybatch.store import StoreError
 
@@ -34,7 +34,7 @@ def test_candidates_hold_every_close_pair_of_a_brute_force_search() -> None:
     for i in range(0, 300, 3):  # near copies: 1-4 bits flipped in every code
         flips = rng.choice(64, size=rng.integers(1, 5), replace=False)
         codes[3000 - 1 - i] = codes[i] ^ np.bitwise_or.reduce(bits[flips])
-    found = set(map(tuple, dups.candidate_pairs(codes).tolist()))
+    found = set(map(tuple, dups_candidates.candidate_pairs(codes).tolist()))
     distance = np.bitwise_count(codes[:, None, :] ^ codes[None, :, :]).min(axis=2)
     a, b = np.nonzero(np.triu(distance <= 4, 1))
     assert len(a) >= 100
@@ -47,10 +47,10 @@ def test_candidates_respect_new_rows_and_groups() -> None:
     rng = np.random.default_rng(1)
     codes = rng.integers(0, 2**63, (500, 3), dtype=np.uint64)
     codes[400:] = codes[:100] ^ np.uint64(1)
-    new = dups.candidate_pairs(codes, new_from=450)
+    new = dups_candidates.candidate_pairs(codes, new_from=450)
     assert len(new) and (new[:, 1] >= 450).all()
     group = (np.arange(500) >= 400).astype(int)
-    across = dups.candidate_pairs(codes, group=group)
+    across = dups_candidates.candidate_pairs(codes, group=group)
     assert len(across) >= 95 and (group[across[:, 0]] != group[across[:, 1]]).all()
 
 
@@ -75,7 +75,7 @@ def test_components_equal_a_plain_union_find() -> None:
 def test_exact_pairs_and_threshold_range() -> None:
     sha = np.array(["x", "", "x", "y", "", "x"])
     valid = np.array([True, True, True, True, True, False])
-    assert dups.exact_pairs(sha, valid).tolist() == [[0, 2]]
+    assert dups_candidates.exact_pairs(sha, valid).tolist() == [[0, 2]]
     with pytest.raises(ValueError, match="between"):
         dups.threshold_or_default(0.2)
 
@@ -318,14 +318,14 @@ def test_verification_on_a_distributed_client_equals_threads(real_planted) -> No
     workers read the thumbnails from the store themselves)."""
     distributed = pytest.importorskip("distributed")
     ds, _, _ = real_planted
-    pairs = dups.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))[:300]
-    sources = dups._Sources((ds.ref,), (0,))
-    local = dups.verify(sources, pairs, "threads")
-    kept = dups.prefilter(sources, pairs, "threads")
+    pairs = dups_candidates.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))[:300]
+    sources = dups_scoring.Sources((ds.ref,), (0,))
+    local = dups_scoring.verify(sources, pairs, "threads")
+    kept = dups_scoring.prefilter(sources, pairs, "threads")
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
                             dashboard_address=None) as client:
-        remote = dups.verify(sources, pairs, client)
-        np.testing.assert_array_equal(dups.prefilter(sources, pairs, client), kept)
+        remote = dups_scoring.verify(sources, pairs, client)
+        np.testing.assert_array_equal(dups_scoring.prefilter(sources, pairs, client), kept)
     np.testing.assert_array_equal(local, remote)
     assert len(local) == len(pairs) == len(kept)
 
@@ -351,10 +351,10 @@ def test_prefilter_keeps_every_pair_that_verifies_and_drops_most_others(real_pla
     candidate) scores at or above the default threshold passes the prefilter; most candidate
     pairs of different films do not; the reported pairs carry align_score's own scores."""
     ds, truth, natural = real_planted
-    pairs = dups.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))
+    pairs = dups_candidates.candidate_pairs(ds.fingerprint_codes(), np.flatnonzero(ds.valid))
     thumbs = ds.fingerprint_thumbs(np.arange(len(ds)))
     reference = fingerprint.align_scores(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]])
-    keep = dups.prefilter(dups._Sources((ds.ref,), (0,)), pairs)
+    keep = dups_scoring.prefilter(dups_scoring.Sources((ds.ref,), (0,)), pairs)
     verified = reference >= dups.DEFAULT_THRESHOLD
     assert verified.sum() >= len(truth) and keep[verified].all()
     group = _bench().same_content(truth, natural)

@@ -12,8 +12,8 @@ from conftest import benchmark_module
 
 import xraybatch
 from xraybatch import decode, dups, fingerprint, store
-from xraybatch.ingest import ChunkTask, process_chunk
 from xraybatch.phantom import synth_image
+from xraybatch.tasks import ChunkTask, process_chunk
 
 
 def _bench():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,8 +17,7 @@ import pytest
 import zarr
 
 import xraybatch
-import xraybatch.ingest  # noqa: F401  (the module, not the function of the same name)
-from xraybatch import decode
+from xraybatch import decode, store, tasks
 
 SPLIT_ORDER = ["train", "val", "test", "none"]
 KERMANY3 = ["NORMAL", "BACTERIA", "VIRUS"]
@@ -342,14 +340,13 @@ def test_heaviest_chunks_run_first(synth_small: Path, tmp_path: Path,
     """Load balance relies on dask starting the tasks in the order build_tasks gives them
     (by key name); this notices a dask release that changes that."""
     ran: list[int] = []
-    ingest_mod = sys.modules["xraybatch.ingest"]
-    original = ingest_mod.process_chunk
+    original = tasks.process_chunk
 
     def recording(task):
         ran.append(task.index)
         return original(task)
 
-    monkeypatch.setattr(ingest_mod, "process_chunk", recording)
+    monkeypatch.setattr(tasks, "process_chunk", recording)
     chunk = 8
     xraybatch.ingest(synth_small, tmp_path / "out.zarr", size=32, chunk=chunk, scheduler="sync")
     sizes = xraybatch.scan(synth_small).manifest.bytes.to_numpy()
@@ -363,8 +360,7 @@ def test_store_created_while_chunks_decode(synth_small: Path, tmp_path: Path,
                                            scheduler: str) -> None:
     """Local tasks decode before the store exists and wait for it to write; a creation that
     fails fails the run with its own error, and no task is left waiting."""
-    ingest_mod = sys.modules["xraybatch.ingest"]
-    create = ingest_mod.store.create
+    create = store.create
 
     def slow_create(*args, **kwargs):
         import time
@@ -372,18 +368,18 @@ def test_store_created_while_chunks_decode(synth_small: Path, tmp_path: Path,
         time.sleep(0.3)  # longer than a chunk's decode here: tasks must wait
         return create(*args, **kwargs)
 
-    monkeypatch.setattr(ingest_mod.store, "create", slow_create)
+    monkeypatch.setattr(store, "create", slow_create)
     out = tmp_path / "x.zarr"
     result = xraybatch.ingest(synth_small, out, size=32, chunk=16, scheduler=scheduler)
     stored = xraybatch.open(out)
     assert stored.complete and result.n_stored == len(stored) == len(stored.valid)
-    assert stored.valid.all() and ingest_mod._CREATING == {}
+    assert stored.valid.all() and tasks._CREATING == {}
 
     def failing_create(*args, **kwargs):
         raise xraybatch.store.StoreError("cannot create the store (test)")
 
-    monkeypatch.setattr(ingest_mod.store, "create", failing_create)
+    monkeypatch.setattr(store, "create", failing_create)
     with pytest.raises(xraybatch.store.StoreError, match="cannot create the store"):
         xraybatch.ingest(synth_small, tmp_path / "y.zarr", size=32, chunk=16,
                          scheduler=scheduler)
-    assert ingest_mod._CREATING == {}
+    assert tasks._CREATING == {}

@@ -30,14 +30,13 @@ pytestmark = pytest.mark.slow
 SIZE, CHUNK, N_CHUNKS = 64, 4, 15  # synth_small has 60 images
 INGEST_ARGS = ["--size", str(SIZE), "--chunk", str(CHUNK), "--quiet"]
 WRAPPER = '''
-import os, runpy, signal, sys, time
+import os, runpy, signal, time
 
-import xraybatch.ingest  # noqa: F401  (the package imports its modules lazily)
+from xraybatch import build, tasks
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
-ingest = sys.modules["xraybatch.ingest"]
 delay, gate = float(os.environ["XRB_TEST_DELAY"]), os.environ.get("XRB_TEST_GATE")
-process_chunk, summarize = ingest.process_chunk, ingest._summarize
+process_chunk, summarize = tasks.process_chunk, build._summarize
 
 
 def slow_chunk(task):
@@ -52,7 +51,7 @@ def held_summarize(*args):  # every chunk is written: wait (bounded) for the tes
     return summarize(*args)
 
 
-ingest.process_chunk, ingest._summarize = slow_chunk, held_summarize
+tasks.process_chunk, build._summarize = slow_chunk, held_summarize
 runpy.run_module("xraybatch", run_name="__main__", alter_sys=True)
 '''
 

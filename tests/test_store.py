@@ -12,9 +12,9 @@ import zarr
 
 import xraybatch
 from xraybatch import decode, store
-from xraybatch.ingest import ChunkTask, run_chunk
 from xraybatch.scan import scan
 from xraybatch.store import StoreError, StoreRef, XrayStore
+from xraybatch.tasks import ChunkTask, run_chunk
 
 SIZE = 32
 

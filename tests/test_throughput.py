@@ -15,9 +15,9 @@ import zarr
 
 import xraybatch
 from xraybatch import store
-from xraybatch.ingest import ChunkTask, process_chunk
 from xraybatch.scan import scan
 from xraybatch.store import StoreRef
+from xraybatch.tasks import ChunkTask, process_chunk
 
 SIZE = 32
 CHUNK = 16

@@ -17,16 +17,17 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .ingest import IngestResult, ingest
+    from .ingest import ingest
     from .report import write_report
     from .scan import Scan, scan
     from .store import XrayStore
     from .synth import synth_dataset
+    from .tasks import IngestResult
     from .verify import VerifyResult, verify
 
 # The public names and the submodules, imported on first use (PEP 562): `import xraybatch`
 # and the command line's --help stay free of Dask, OpenCV, zarr and pandas.
-_LAZY = {"IngestResult": "ingest", "ingest": "ingest", "write_report": "report",
+_LAZY = {"IngestResult": "tasks", "ingest": "ingest", "write_report": "report",
          "Scan": "scan", "scan": "scan", "XrayStore": "store", "synth_dataset": "synth",
          "verify": "verify", "VerifyResult": "verify"}
 _SUBMODULES = ("cli", "decode", "dups", "figures", "findings", "fingerprint", "options",

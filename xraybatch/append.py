@@ -9,8 +9,8 @@ steps, each safe to interrupt:
 2. Every per-image array is grown in its own metadata, and the scan's columns of the new
    rows are written (a partly filled chunk is rewritten whole, its old rows unchanged; each
    file write is atomic).
-3. The chunk tasks of :mod:`.ingest` decode the new files; the task of the store's last,
-   partly filled chunk keeps its stored rows (:attr:`~.ingest.ChunkTask.keep`). Full chunks
+3. The chunk tasks of :mod:`.tasks` decode the new files; the task of the store's last,
+   partly filled chunk keeps its stored rows (:attr:`~.tasks.ChunkTask.keep`). Full chunks
    are never rewritten.
 4. The statistics partials are extended by the new rows, then the new row count, version,
    history and consolidated metadata are committed in one write of the root ``zarr.json``.
@@ -32,18 +32,10 @@ import numpy as np
 import pandas as pd
 
 from . import lock, store
-from .ingest import (
-    ChunkReport,
-    IngestResult,
-    build_tasks,
-    compute,
-    connected,
-    opencv_threads_kept,
-    prepared,
-    write_partials,
-)
 from .scan import Scan
+from .schedulers import compute, connected, opencv_threads_kept
 from .store import StoreError, StoreRef
+from .tasks import ChunkReport, IngestResult, build_tasks, prepared, write_partials
 
 #: Ingest options that must equal the store's for an append, with their command-line names.
 _OPTION_NAMES = {"size": "--size", "interpolation": "--interpolation", "decode": "--decode",
@@ -53,7 +45,7 @@ _OPTION_NAMES = {"size": "--size", "interpolation": "--interpolation", "decode":
 
 @dataclass
 class AppendResult(IngestResult):
-    """An :class:`~.ingest.IngestResult` of an append: ``failures`` are those of the new files.
+    """An :class:`~.tasks.IngestResult` of an append: ``failures`` are those of the new files.
 
     ``n_new`` files were appended as rows ``rows`` (``[start, stop)``), making ``version``;
     ``changed`` lists held paths whose size changed (``path``, ``stored_bytes``, ``bytes``),

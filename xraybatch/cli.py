@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     # Imported once the arguments are parsed: --help and usage errors never load them.
     from . import decode
     from .commands import COMMANDS
-    from .ingest import SchedulerError
     from .scan import ScanError
+    from .schedulers import SchedulerError
     from .store import StoreError
 
     try:

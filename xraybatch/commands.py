@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .append import AppendResult
-    from .ingest import IngestResult
+    from .tasks import IngestResult
 
 #: Exit status of ``ingest --strict`` when a file failed and of ``stats`` on an incomplete
 #: store or, with ``--strict``, on patient or near-duplicate leakage (``dups --strict`` too).

@@ -1,7 +1,7 @@
 """Verify a store: every chunk file read and checked, each image against what ingest recorded;
 with ``sources``, every source file re-hashed against its recorded size and SHA-256.
 
-One Dask task per images chunk (:func:`xraybatch.ingest.compute`, every scheduler): the task
+One Dask task per images chunk (:func:`xraybatch.schedulers.compute`, every scheduler): the task
 reads that chunk of every array chunked with the images, decoded with the arrays' own codecs,
 so a format-2 store's checksums (CRC-32C on the pixels, Zstandard's frame checksum elsewhere)
 are checked on every file; it recomputes each stored image's histogram and compares it with
@@ -28,8 +28,8 @@ import numpy as np
 from dask.delayed import Delayed
 
 from . import decode, qc, store
-from .ingest import compute, connected, opencv_threads_kept
 from .readers.base import ImageError
+from .schedulers import compute, connected, opencv_threads_kept
 from .sources import listing, remote, tables
 from .store import StoreError, StoreRef
 
