@@ -96,8 +96,8 @@ def _batches(spec: dict[str, Any]) -> Iterator[Any]:
         import zarr
 
         images = zarr.open_array(store, path="images", mode="r")
-        yield from _chunk_batches(lambda s: images[s], images.shape[0], images.chunks[0],
-                                  batch)
+        yield from _chunk_batches(lambda s: images[s], images.shape[0],
+                                  (images.shards or images.chunks)[0], batch)
     elif kind == "imagefolder":
         yield from (x for x, _ in _imagefolder(spec["src"], spec["size"], batch,
                                                spec["loader_workers"]))

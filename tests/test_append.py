@@ -681,3 +681,37 @@ def test_benchmark_smoke(synth_small):
     assert "30 images (3 appended)" in proc.stdout and "check: = union" in proc.stdout
     for config in ("append 10%", "ingest 10% alone", "ingest union", "stats fresh"):
         assert f"| {config} |" in proc.stdout
+
+
+def _with_whole_chunk_images(path: Path, out: Path) -> Path:
+    """A copy of the store at ``path`` with the images layout of stores written before the
+    images were sharded: one plain chunk file (bytes + CRC-32C) per ``CHUNK`` images."""
+    from zarr.codecs import Crc32cCodec
+
+    shutil.copytree(path, out)
+    group = zarr.open_group(str(out), mode="r+", use_consolidated=False)
+    values = group["images"][:]
+    group.create_array("images", shape=values.shape, dtype="uint8", fill_value=0,
+                       chunks=(CHUNK, SIZE, SIZE), compressors=Crc32cCodec(),
+                       dimension_names=("sample", "y", "x"), overwrite=True)[:] = values
+    zarrio.consolidate(group)
+    return out
+
+
+def test_append_to_a_store_with_whole_chunk_images(grown, tmp_path):
+    """Stores written before the images were sharded keep their layout through an append,
+    and read, load and verify as before."""
+    from xraybatch.torch_dataset import XrayDataset, XrayLoader
+
+    out = _with_whole_chunk_images(grown["old"], tmp_path / "plain.zarr")
+    xraybatch.ingest(grown["src"], out, size=SIZE, chunk=CHUNK, append=True, scheduler="sync")
+    images = zarr.open_array(str(out), path="images", mode="r")
+    assert images.shards is None and images.chunks == (CHUNK, SIZE, SIZE)
+    fresh = zarr.open_array(str(grown["appended"]), path="images", mode="r")  # sharded
+    np.testing.assert_array_equal(images[:], fresh[:])
+    assert xraybatch.verify(str(out)).ok
+    ds = XrayDataset(str(out), dtype="uint8", valid_only=False)
+    assert ds._cache().files is None  # read by whole chunks
+    batches = [x[:, 0].numpy() for x, _ in XrayLoader(ds, batch_size=7, shuffle=False,
+                                                           streams=1)]
+    np.testing.assert_array_equal(np.concatenate(batches), fresh[:])

@@ -220,7 +220,7 @@ def test_schedulers_and_chunks_give_identical_stores(synth_small, synth_baseline
     for name in PER_IMAGE:
         np.testing.assert_array_equal(got[name], base[name], err_msg=name)
     group = zarr.open_group(str(out), mode="r")
-    assert group["images"].chunks == (chunk, SYNTH_SIZE, SYNTH_SIZE)
+    assert group["images"].shards == (chunk, SYNTH_SIZE, SYNTH_SIZE)
     assert group["chunk_done"][:].all()
     assert xraybatch.open(out).stats() == xraybatch.open(synth_baseline).stats()
 

@@ -191,8 +191,12 @@ def test_chunk_shuffle_sampler_reads_each_chunk_once(store, raw, XrayDataset,
     original = XrayStore.read_chunk
     monkeypatch.setattr(XrayStore, "read_chunk",
                         lambda self, i, out=None: reads.append(i) or original(self, i, out))
+    monkeypatch.setattr(XrayStore, "row_files", lambda self: None)  # read by whole chunks
+    ds = XrayDataset(store.ref.url, split="train", cache_chunks=3)
     for i in epoch1:
         image, label = ds[i]
         assert label == raw["labels"][ds.rows[i]]
+        np.testing.assert_array_equal(image[0].numpy(), raw["images"][ds.rows[i]].astype(
+            np.float32) / np.float32(255))
     chunks = set((ds.rows // store.chunk).tolist())
     assert len(reads) == len(chunks) > 3  # each chunk decompressed once, not once per sample

@@ -42,9 +42,13 @@ def test_xarray_opens_store_without_xraybatch(out: Path) -> None:
 
 
 def test_dask_from_zarr_without_xraybatch(out: Path) -> None:
-    images = da.from_zarr(str(out), component="images")
+    # dask takes zarr's (inner) chunks, one image each: one task per shard file is
+    # chunks=array.shards (README "The store").
+    array = zarr.open_array(str(out), path="images", mode="r")
+    images = da.from_zarr(array, chunks=array.shards)
     assert images.shape == (60, SIZE, SIZE) and images.dtype == np.uint8
     assert images.chunks[0] == (16, 16, 16, 12)
+    assert da.from_zarr(str(out), component="images").chunks[0] == (1,) * 60
     hist = da.from_zarr(str(out), component="hist").compute()
     np.testing.assert_array_equal(
         hist, [np.bincount(i.ravel(), minlength=256) for i in images.compute()])

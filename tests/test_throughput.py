@@ -72,14 +72,17 @@ def test_bulk_write_equals_one_array_at_a_time(synth_small: Path, tmp_path: Path
 
 def test_layout_pixels_uncompressed_rest_compressed(synth_small: Path, tmp_path: Path) -> None:
     """Array names, dtypes and chunks as documented; only the pixels skip Zstd; every
-    chunk carries a checksum (format 2): CRC-32C on the pixels, Zstd's frame checksum."""
+    chunk carries a checksum (format 2): CRC-32C on each image, Zstd's frame checksum."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
     _, group, manifest = _create(synth_small, tmp_path / "x.zarr")
     n = len(manifest)
     assert group.attrs["format_version"] == 2
     assert group["images"].compressors == (Crc32cCodec(),)
-    assert (group["images"].dtype, group["images"].chunks) == (np.uint8, (CHUNK, SIZE, SIZE))
+    # One shard (file) per chunk task, one inner chunk (and CRC-32C) per image.
+    images = group["images"]
+    assert (images.dtype, images.shards, images.chunks) == (np.uint8, (CHUNK, SIZE, SIZE),
+                                                            (1, SIZE, SIZE))
     assert (group["hist"].dtype, group["hist"].chunks) == (np.int32, (CHUNK, 256))
     for name in ("hist", "labels", "split", "path", "file_bytes", *store.RECORD_ARRAYS,
                  "chunk_done"):
@@ -155,8 +158,8 @@ def test_default_ingest_is_auto_and_matches_cv2(synth_small: Path, tmp_path: Pat
 @pytest.mark.parametrize("checksums", [False, True])
 @pytest.mark.parametrize("sharded", [False, True])
 def test_zarrio_chunks_equal_zarrs_own(tmp_path: Path, sharded: bool, checksums: bool) -> None:
-    """Whole-chunk writes, short last chunk included, give zarr's own files (sharded arrays
-    go through zarr's pipeline: their codec cannot encode synchronously), with the store's
+    """Whole-chunk writes, short last chunk included, give zarr's own files (a sharded
+    array's chunk is a shard; tests/test_shards.py compares the images layout), with the store's
     checksum codecs too (CRC-32C, Zstd with its frame checksum); and zarrio reads back,
     checksums checked, what zarr reads."""
     from zarr.codecs import Crc32cCodec, ZstdCodec

@@ -71,6 +71,9 @@ def test_batches_equal_the_store_and_per_sample_reads(store, raw) -> None:
 
 
 def test_one_read_per_chunk_per_epoch(store, monkeypatch) -> None:
+    """Stores read by whole chunks (object storage, whole-chunk files): each chunk once per
+    epoch."""
+    monkeypatch.setattr(XrayStore, "row_files", lambda self: None)
     reads: list[int] = []
     original = XrayStore.read_chunk
     monkeypatch.setattr(XrayStore, "read_chunk",
@@ -84,12 +87,31 @@ def test_one_read_per_chunk_per_epoch(store, monkeypatch) -> None:
         assert sorted(reads) == chunks, epoch  # every chunk once per epoch, none twice
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_same_order_for_any_number_of_workers(store, workers) -> None:
+def test_one_read_per_image_per_epoch(store, monkeypatch) -> None:
+    """Local sharded stores: each image read once per epoch by its offset, no chunk read."""
+    from xraybatch.shards import RowFiles
+
+    rows_read: list[int] = []
+    original = RowFiles.read_into
+    monkeypatch.setattr(RowFiles, "read_into", lambda self, rows, out: (
+        rows_read.extend(rows.tolist()), original(self, rows, out))[1])
+    monkeypatch.setattr(XrayStore, "read_chunk", None)  # never called
+    ds = XrayDataset(store, dtype="uint8")
+    loader = XrayLoader(ds, batch_size=5, window=3, streams=2)
+    for epoch in range(2):
+        del rows_read[:]
+        assert sum(len(x) for x, _ in loader) == len(ds)
+        assert sorted(rows_read) == ds.rows.tolist(), epoch
+
+
+@pytest.mark.parametrize(("workers", "persistent"), [(1, True), (2, True), (2, False)])
+def test_same_order_for_any_number_of_workers(store, workers, persistent) -> None:
+    # (the first batch of an iteration that starts the workers is read in this process)
     ds = XrayDataset(store, dtype="uint8")
     main = _epochs(XrayLoader(ds, batch_size=5, window=2, seed=1, block=3), 2)
     other = _epochs(XrayLoader(ds, batch_size=5, window=2, seed=1, block=3,
-                               num_workers=workers, timeout=60), 2)
+                               num_workers=workers, persistent_workers=persistent,
+                               timeout=60), 2)
     nb = -(-len(ds) // 5)
     assert len(main) == len(other) == 2 * nb
     for (a, la), (b, lb) in zip(main, other, strict=True):

@@ -13,8 +13,10 @@ Two ways to read a store:
 - :class:`XrayDataset` with a ``DataLoader`` of your own: ``(image, label)`` per sample, for
   per-sample transforms; :class:`ChunkShuffleSampler` keeps its chunk reads at one per chunk.
 
-Reads: zarr reads whole chunks of ``chunk`` images (the store's chunk size), so reading one
-image reads its chunk. Every process keeps the last few chunks it read, in buffers it reuses.
+Reads (:class:`~xraybatch.pixels.Pixels`): on a local store each image is read by its offset
+in its shard file; elsewhere (object storage, stores with whole-chunk image files) reading
+one image reads its chunk, and every process keeps the last few chunks it read, in buffers
+it reuses.
 
 Worker processes: datasets pickle as a store address and index arrays only; every process
 opens the zarr store itself on its first read (``num_workers > 0`` is safe with fork, spawn
@@ -24,7 +26,6 @@ or forkserver).
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ except ImportError:
     raise ImportError("xraybatch.torch_dataset needs PyTorch: "
                       "pip install 'xraybatch[torch]'") from None
 
+from .pixels import Pixels
 from .store import StoreError, XrayStore
 
 if TYPE_CHECKING:  # for type checkers; at run time see __getattr__ at the bottom
@@ -143,39 +145,6 @@ def _first_per_patient(rows: np.ndarray, patients: np.ndarray) -> np.ndarray:
     return rows[keep]
 
 
-class _Chunks:
-    """The last ``capacity`` chunks of a store read by this process, in reused buffers."""
-
-    def __init__(self, store: XrayStore, capacity: int) -> None:
-        self.store, self.capacity = store, capacity
-        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.spare: list[np.ndarray] = []
-        self.epoch: int | None = None
-
-    def start_epoch(self, epoch: int) -> None:
-        """Forget the chunks of another epoch (keeping their buffers): every epoch reads its
-        chunks, as on a store larger than memory, whatever the store's size."""
-        if epoch != self.epoch:
-            self.spare.extend(chunk.base for chunk in self.cache.values())
-            self.cache.clear()
-            self.epoch = epoch
-
-    def get(self, index: int) -> np.ndarray:
-        chunk = self.cache.get(index)
-        if chunk is not None:
-            self.cache.move_to_end(index)
-            return chunk
-        if len(self.cache) >= self.capacity:
-            self.spare.append(self.cache.popitem(last=False)[1].base)
-        buffer = self.spare.pop() if self.spare else None
-        if buffer is None:
-            s = self.store.size
-            buffer = np.empty((self.store.chunk, s, s), np.uint8)
-        chunk = self.store.read_chunk(index, out=buffer)
-        self.cache[index] = chunk
-        return chunk
-
-
 class XrayDataset(Dataset):
     """Samples ``(image, label)`` of a store, optionally one split, valid images only.
 
@@ -201,7 +170,8 @@ class XrayDataset(Dataset):
     transform
         Applied to the image tensor ``(1, size, size)`` (e.g. torchvision v2 transforms).
     cache_chunks
-        Chunks kept per process (each is ``chunk * size * size`` bytes).
+        Chunks kept per process where images are read by whole chunks (each is
+        ``chunk * size * size`` bytes).
     storage_options
         fsspec options for a remote store.
     uncertain
@@ -277,7 +247,7 @@ class XrayDataset(Dataset):
         self.dtype, self.scale = dtype, scale
         self.transform, self.cache_chunks = transform, cache_chunks
         self._reset()
-        self._chunks, self._pid = _Chunks(store, cache_chunks), os.getpid()  # no second open
+        self._chunks, self._pid = Pixels(store, cache_chunks), os.getpid()  # no second open
 
     @staticmethod
     def _select(store: XrayStore, split, valid_only: bool, views, unique_patients: bool
@@ -299,7 +269,7 @@ class XrayDataset(Dataset):
         return _first_per_patient(rows, store.patient_ids()) if unique_patients else rows
 
     def _reset(self) -> None:
-        self._chunks: _Chunks | None = None
+        self._chunks: Pixels | None = None
         self._pid: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -313,7 +283,7 @@ class XrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         row = int(self.rows[index])
-        pixels = self._read_chunk(row // self.chunk)[row % self.chunk]
+        pixels = self._cache().row(row)
         # A copy either way: the cached chunk must survive in-place transforms. numpy, not
         # torch: torch's intra-op thread pool costs more than these 65k-pixel operations
         # (same float32 values: a correctly rounded x / 255 either way).
@@ -328,22 +298,20 @@ class XrayDataset(Dataset):
             return torch.from_numpy(self.targets[index])
         return int(self.targets[index])
 
-    def _cache(self) -> _Chunks:
+    def _cache(self) -> Pixels:
         if self._pid != os.getpid():  # first read in this process (or a forked child)
             store = XrayStore(self.ref.url, self.ref.storage_options)
-            self._chunks, self._pid = _Chunks(store, self.cache_chunks), os.getpid()
+            self._chunks, self._pid = Pixels(store, self.cache_chunks), os.getpid()
         self._chunks.capacity = self.cache_chunks  # XrayLoader raises it to its windows
         return self._chunks
-
-    def _read_chunk(self, index: int) -> np.ndarray:
-        return self._cache().get(index)
 
     def read_batch(self, indices: Sequence[int], epoch: int | None = None, *,
                    pin_memory: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``indices`` as one uint8 batch ``(B, 1, size, size)`` and their labels.
 
-        Each chunk touched is read once (or found in this process's cache); each image is
-        copied once, into the batch. ``epoch``: forget cached chunks of other epochs.
+        Each image is read by its offset (local store), or each chunk touched is read once
+        (or found in this process's cache) and each image copied once, into the batch.
+        ``epoch``: forget cached chunks of other epochs.
 
         Examples
         --------
@@ -364,15 +332,7 @@ class XrayDataset(Dataset):
         cache = self._cache()
         if epoch is not None:
             cache.start_epoch(epoch)
-        chunk_of, local = np.divmod(rows, self.chunk)
-        touched = np.unique(chunk_of).tolist()
-        if len(touched) > cache.capacity:  # more than the cache holds: chunk by chunk
-            for i, row in enumerate(rows.tolist()):
-                out[i, 0] = cache.get(row // self.chunk)[row % self.chunk]
-        else:
-            chunks = {c: cache.get(c) for c in touched}
-            for i, (c, r) in enumerate(zip(chunk_of.tolist(), local.tolist(), strict=True)):
-                out[i, 0] = chunks[c][r]  # one copy per image, no temporaries
+        cache.fill(rows, out[:, 0])
         return self.targets[index]
 
 

@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr import AsyncArray, AsyncGroup
-from zarr.abc.codec import SupportsSyncCodec
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.group import ConsolidatedMetadata, GroupMetadata
 from zarr.core.sync import sync
 from zarr.errors import ZarrUserWarning
 from zarr.storage import StorePath
+
+from . import shards
 
 _ARRAYS: dict[int, tuple[zarr.Group, dict[str, AsyncArray]]] = {}
 # zarr warns about the writer lock's file whenever it lists a store's members: expected.
@@ -96,13 +97,7 @@ def decode_chunk(array: AsyncArray, coords: tuple[int, ...], data: Buffer) -> np
     codec in reverse, with the spec it resolved on encoding), cut to the array's bounds."""
     meta = array.metadata
     spec = meta.get_chunk_spec(coords, array.config, default_buffer_prototype())
-    specs = []
-    for codec in meta.codecs:
-        specs.append(spec)
-        spec = codec.resolve_metadata(spec)
-    chunk: Any = data
-    for codec, codec_spec in zip(reversed(meta.codecs), reversed(specs), strict=True):
-        chunk = codec._decode_sync(chunk, codec_spec)
+    chunk = shards.decode(meta.codecs, data, spec)
     region = _region(array, coords)
     return chunk.as_numpy_array()[tuple(slice(0, r.stop - r.start) for r in region)]
 
@@ -147,10 +142,9 @@ def encode_chunk(array: AsyncArray, index: int, values: np.ndarray
         chunk = spec.prototype.nd_buffer.create(shape=spec.shape, dtype=native,
                                                 order=spec.order, fill_value=spec.fill_value)
         chunk[:len(values)] = values
-    for codec in meta.codecs:  # as zarr's pipeline: each codec sees the spec it resolved
-        chunk = codec._encode_sync(chunk, spec)
-        spec = codec.resolve_metadata(spec)
-    return array.store_path / meta.encode_chunk_key(coords), chunk
+    inside = tuple(r.stop - r.start for r in _region(array, coords))
+    return (array.store_path / meta.encode_chunk_key(coords),
+            shards.encode(meta.codecs, chunk, spec, inside))
 
 
 def whole_chunks(array: AsyncArray) -> AsyncArray:
@@ -199,7 +193,7 @@ async def _consolidate(store_path: StorePath, attrs: dict[str, Any], drop: tuple
 
 
 def _encodes_sync(array: AsyncArray) -> bool:
-    return all(isinstance(c, SupportsSyncCodec) for c in array.metadata.codecs)
+    return shards.syncable(array.metadata.codecs)
 
 
 async def _getitems(group: AsyncGroup, names: list[str]) -> list[AsyncArray]:

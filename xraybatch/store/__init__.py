@@ -8,10 +8,12 @@ package looks its helpers up in the module that defines them (patch ``store.vers
 not ``store.X``, to reach a call made from within the package).
 
 Layout of a store (a zarr v3 group; every array has ``dimension_names``, so
-``xarray.open_zarr(OUT)`` and ``dask.array.from_zarr(OUT, component="images")`` work
-without xraybatch)::
+``xarray.open_zarr(OUT)`` and ``dask.array.from_zarr(OUT, component="images",
+chunks=(chunk, size, size))`` work without xraybatch)::
 
     images        (sample, y, x)  uint8    resized grayscale images; zero where invalid
+                                           (one shard file per ``chunk`` images, one inner
+                                           chunk with its CRC-32C per image)
     hist          (sample, bin)   int32    256-bin histogram of each stored image
     labels        (sample,)       int16    class index (CF flag_values / flag_meanings)
     split         (sample,)       int8     index into attrs["splits"]: the active assignment

@@ -51,8 +51,8 @@ FINGERPRINT_ARRAYS: dict[str, tuple[tuple[int, ...], str, Any, tuple[str, ...]]]
 PAIR_ARRAYS = ("dup_pairs", "dup_score")
 #: Record arrays computed from the histograms (:func:`record_arrays`).
 _MOMENTS = ("mean", "std")
-#: Bytes-to-bytes codecs of the ``images`` array: no compression, a CRC-32C checksum that
-#: zarr checks on every read (see :func:`create`).
+#: Bytes-to-bytes codecs of each image (an inner chunk of the sharded ``images`` array): no
+#: compression, a CRC-32C checksum that zarr checks on every read (see :func:`create`).
 IMAGES_COMPRESSORS: Any = Crc32cCodec()
 #: Format of the stores this version writes (group attribute ``format_version``); a store
 #: without it is format 1: the same arrays, without checksums.
@@ -174,9 +174,9 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     common = dict(compressors=ZstdCodec(level=compression_level, checksum=checksums))
     own = common if checksums else {}  # format 1 left these two at zarr's default codec
     arrays = {
-        "images": dict(shape=(n, size, size), dtype="uint8", chunks=(chunk, size, size),
-                       fill_value=0, dimension_names=("sample", "y", "x"),
-                       compressors=IMAGES_COMPRESSORS if checksums else None),
+        "images": dict(shape=(n, size, size), dtype="uint8", fill_value=0,
+                       dimension_names=("sample", "y", "x"), **_images_layout(size, chunk,
+                                                                              checksums)),
         "hist": dict(shape=(n, 256), dtype="int32", chunks=(chunk, 256), fill_value=0,
                      dimension_names=("sample", "bin"), **common),
         # Arrays written once, at creation, need not follow the task chunks (scan_chunk).
@@ -213,6 +213,20 @@ def create(ref: StoreRef, manifest: pd.DataFrame, *, size: int, chunk: int,
     # Their metadata changes afterwards only through a consolidated commit: an append
     # (grow, commit), a split (write_split) or kept near-duplicate pairs (write_pairs).
     return zarrio.consolidate(group)
+
+
+def _images_layout(size: int, chunk: int, checksums: bool) -> dict[str, Any]:
+    """Chunking and codecs of ``images``: one shard (file) per chunk task, one inner chunk
+    per image, each with its CRC-32C (format 1: plain chunks, no checksum).
+
+    A reader of a few images (a shuffled batch, one sample, ``verify`` naming a damaged
+    image) reads those images and the shard's index, not the whole 8 MB chunk; a reader of
+    whole chunks reads one file as before (benchmarks/README.md, "sharded images").
+    """
+    if not checksums:
+        return dict(chunks=(chunk, size, size), compressors=None)
+    return dict(shards=(chunk, size, size), chunks=(1, size, size),
+                compressors=IMAGES_COMPRESSORS)
 
 
 def scan_values(manifest: pd.DataFrame, labels: np.ndarray, splits: list[str],
