@@ -317,7 +317,9 @@ class XrayStore:
         kwargs = {"storage_options": self.ref.storage_options} if not self.ref.is_local else {}
         ds = xr.open_zarr(self.ref.local_path if self.ref.is_local else self.ref.url,
                           consolidated=self.complete, zarr_format=3, **kwargs)
-        ds = ds.drop_vars("chunk_done")
+        # One dask chunk per shard file, decoded by zarrio (xarray would take zarr's inner
+        # chunks: a task per image, each through zarr's pipeline).
+        ds = ds.drop_vars("chunk_done").assign(images=ds["images"].copy(data=self.images))
         # numpy's StringDType (how zarr v3 strings arrive) breaks xarray operations that
         # promote dtypes, such as ds.where(..., drop=True): object is xarray's string type.
         ds = ds.assign({name: var.astype(object) for name, var in ds.data_vars.items()
