@@ -224,6 +224,11 @@ def threshold_or_default(threshold: float | None) -> float:
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
     """Connected components of ``n`` rows joined by ``pairs``: each row's smallest row.
 
+    The one union-find of the package: near-duplicate groups here, and the groups of
+    ``xraybatch split`` (:func:`xraybatch.splits.components`, whose partitions become pairs).
+    Vectorised (numpy only): every row takes the smallest label of its pairs, then the
+    label of that label (pointer jumping), until nothing changes: O(log n) rounds.
+
     Examples
     --------
     >>> components(6, np.array([[0, 3], [3, 5], [1, 2]])).tolist()
