@@ -49,6 +49,11 @@ def _search_key(rows: int) -> dict[str, Any]:
 # --- one store ---------------------------------------------------------------------------
 
 
+def _once(prop: property) -> cached_property:
+    """An :class:`XrayStore` property, computed on first use and then kept."""
+    return cached_property(prop.fget)
+
+
 class ReadOnce(XrayStore):
     """An open store whose arrays are read at most once: the first read is kept.
 
@@ -65,36 +70,16 @@ class ReadOnce(XrayStore):
     True
     """
 
+    valid = _once(XrayStore.valid)
+    sha256 = _once(XrayStore.sha256)
+    split = _once(XrayStore.split)
+    paths = _once(XrayStore.paths)
+    has_fingerprints = _once(XrayStore.has_fingerprints)
+    fingerprint_version = _once(XrayStore.fingerprint_version)
+    _codes = cached_property(XrayStore.fingerprint_codes)
+
     def __init__(self, ds: XrayStore) -> None:  # no XrayStore.__init__: it opens the store
         self.__dict__.update(vars(ds))
-
-    @cached_property
-    def valid(self) -> np.ndarray:
-        return XrayStore.valid.fget(self)
-
-    @cached_property
-    def sha256(self) -> np.ndarray:
-        return XrayStore.sha256.fget(self)
-
-    @cached_property
-    def split(self) -> np.ndarray:
-        return XrayStore.split.fget(self)
-
-    @cached_property
-    def paths(self) -> np.ndarray:
-        return XrayStore.paths.fget(self)
-
-    @cached_property
-    def has_fingerprints(self) -> bool:
-        return XrayStore.has_fingerprints.fget(self)
-
-    @cached_property
-    def fingerprint_version(self) -> int | None:
-        return XrayStore.fingerprint_version.fget(self)
-
-    @cached_property
-    def _codes(self) -> np.ndarray:
-        return XrayStore.fingerprint_codes(self)
 
     def fingerprint_codes(self) -> np.ndarray:
         """(N, codes) uint64 SimHash codes of every row (0 where invalid), read once."""
