@@ -15,7 +15,7 @@ import pytest
 import zarr
 
 import xraybatch
-from xraybatch import dups, lock, splits, store, zarrio
+from xraybatch import lock, splits, store, zarrio
 from xraybatch.cli import main
 from xraybatch.location import StoreRef
 from xraybatch.report import write_report
@@ -130,63 +130,7 @@ def test_components_equal_a_plain_union_find(seed: int) -> None:
     chain = np.arange(n) // 2  # rows 2k, 2k+1 ...
     shifted = (np.arange(n) + 1) // 2  # ... and 2k+1, 2k+2: one chain through every row
     assert set(splits.components(chain, shifted).tolist()) == {0}
-
-
-def _old_pair_components(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Frozen copy of the former ``dups.components`` (replaced by the one union-find)."""
-    label = np.arange(n)
-    if not len(pairs):
-        return label
-    a, b = pairs[:, 0], pairs[:, 1]
-    while True:
-        low = np.minimum(label[a], label[b])
-        before = label.copy()
-        np.minimum.at(label, a, low)
-        np.minimum.at(label, b, low)
-        while True:
-            jumped = label[label]
-            if (jumped == label).all():
-                break
-            label = jumped
-        if (label == before).all():
-            return label
-
-
-def _old_partition_components(*partitions: np.ndarray) -> np.ndarray:
-    """Frozen copy of the former ``splits.components`` (its own union-find)."""
-    n = len(partitions[0])
-    sorted_groups = []
-    for codes in partitions:
-        order = np.argsort(codes, kind="stable")
-        ordered = codes[order]
-        first = np.r_[True, ordered[1:] != ordered[:-1]]
-        sorted_groups.append((order, np.flatnonzero(first), np.cumsum(first) - 1))
-    label = np.arange(n)
-    while True:
-        before = label
-        for order, starts, member in sorted_groups:
-            lowest = np.minimum.reduceat(label[order], starts) if n else label
-            label = np.empty_like(label)
-            label[order] = lowest[member]
-        label = label[label]
-        if np.array_equal(label, before):
-            return np.unique(label, return_inverse=True)[1].astype(np.int64)
-
-
-def test_one_union_find_equals_both_former_ones() -> None:
-    """dups.components and splits.components (now on it) give what the two former
-    implementations gave, on random pairs and partitions of 0 to 400 rows."""
-    rng = np.random.default_rng(7)
-    for _ in range(300):
-        n = int(rng.integers(0, 400))
-        pairs = np.sort(rng.integers(0, max(n, 1), (int(rng.integers(0, n + 1)), 2)), axis=1)
-        pairs = pairs if n else np.zeros((0, 2), np.int64)
-        assert (dups.components(n, pairs).tolist()
-                == _old_pair_components(n, pairs).tolist())
-        parts = [rng.integers(0, int(rng.integers(1, n + 2)), n)
-                 for _ in range(int(rng.integers(1, 4)))]
-        assert (splits.components(*parts).tolist()
-                == _old_partition_components(*parts).tolist())
+    assert splits.components(np.zeros(0, np.int64)).tolist() == []  # no rows
 
 
 def test_rows_without_patient_are_alone() -> None:
