@@ -130,6 +130,7 @@ def test_components_equal_a_plain_union_find(seed: int) -> None:
     chain = np.arange(n) // 2  # rows 2k, 2k+1 ...
     shifted = (np.arange(n) + 1) // 2  # ... and 2k+1, 2k+2: one chain through every row
     assert set(splits.components(chain, shifted).tolist()) == {0}
+    assert splits.components(np.zeros(0, np.int64)).tolist() == []  # no rows
 
 
 def test_rows_without_patient_are_alone() -> None:

@@ -216,6 +216,7 @@ def _near_duplicates(ds) -> dict | None:
     writes nothing: the pairs that ``dups`` or ``split`` kept are reused, the rest searched."""
     from . import dups
 
+    ds = dups.read_once(ds)  # the check and the search read the fingerprint arrays once
     return dups.summarize(ds, keep=False) if dups.searchable(ds) else None
 
 
@@ -427,7 +428,8 @@ def _cmd_dups(args: argparse.Namespace) -> int:
     from .store import XrayStore
 
     options = dict(args.storage_option)
-    stores = [XrayStore(url, options) for url in dict.fromkeys(args.stores)]  # each once
+    # each store once, each of its arrays read once (the output reuses the search's paths)
+    stores = [dups.read_once(XrayStore(url, options)) for url in dict.fromkeys(args.stores)]
     found = dups.find(stores, args.threshold, scheduler=args.scheduler, workers=args.workers)
     groups = dups.groups_of(found)
     names = [dups.store_name(ds) for ds in stores]

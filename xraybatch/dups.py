@@ -19,6 +19,7 @@ searched against all. Several stores are searched within each and across every t
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,10 +49,52 @@ def _search_key(rows: int) -> dict[str, Any]:
 # --- one store ---------------------------------------------------------------------------
 
 
+def _once(prop: property) -> cached_property:
+    """An :class:`XrayStore` property, computed on first use and then kept."""
+    return cached_property(prop.fget)
+
+
+class ReadOnce(XrayStore):
+    """An open store whose arrays are read at most once: the first read is kept.
+
+    One command of the near-duplicate stage needs ``valid``, ``sha256``, ``split``,
+    ``paths`` and the SimHash codes at several steps (search, groups, description, output);
+    each step is given this view (:func:`read_once`) and reads them from it. It shares the
+    store's opened group and attributes: nothing is opened again. The thumbnails are read
+    by the scoring tasks from the store itself (:mod:`.dups_scoring`).
+
+    Examples
+    --------
+    >>> view = read_once(xraybatch.open("xray.zarr"))  # doctest: +SKIP
+    >>> view.sha256 is view.sha256  # doctest: +SKIP
+    True
+    """
+
+    valid = _once(XrayStore.valid)
+    sha256 = _once(XrayStore.sha256)
+    split = _once(XrayStore.split)
+    paths = _once(XrayStore.paths)
+    has_fingerprints = _once(XrayStore.has_fingerprints)
+    fingerprint_version = _once(XrayStore.fingerprint_version)
+    _codes = cached_property(XrayStore.fingerprint_codes)
+
+    def __init__(self, ds: XrayStore) -> None:  # no XrayStore.__init__: it opens the store
+        self.__dict__.update(vars(ds))
+
+    def fingerprint_codes(self) -> np.ndarray:
+        """(N, codes) uint64 SimHash codes of every row (0 where invalid), read once."""
+        return self._codes
+
+
+def read_once(ds: XrayStore) -> ReadOnce:
+    """``ds`` as a :class:`ReadOnce` view (itself if it is one already)."""
+    return ds if isinstance(ds, ReadOnce) else ReadOnce(ds)
+
+
 def searchable(ds: XrayStore) -> bool:
     """Whether the store holds fingerprints this version compares (stats and the report
     leave the near-duplicates out otherwise)."""
-    return ds.has_fingerprints and ds.fingerprint_version == fingerprint.VERSION
+    return ds.fingerprint_version == fingerprint.VERSION  # None without fingerprints
 
 
 def check_store(ds: XrayStore) -> None:
@@ -59,16 +102,17 @@ def check_store(ds: XrayStore) -> None:
     if not ds.complete:
         raise StoreError(f"{ds.ref.url} is INCOMPLETE: finish it with 'xraybatch ingest SRC "
                          f"{ds.ref.url} --resume' first")
-    if not ds.has_fingerprints:
+    version = ds.fingerprint_version
+    if version is None:
         raise StoreError(f"{ds.ref.url} has no content fingerprints (written by an older "
                          "xraybatch): ingest it again with --overwrite")
-    if ds.fingerprint_version != fingerprint.VERSION:
-        raise StoreError(f"{ds.ref.url} has fingerprints of version {ds.fingerprint_version}, "
+    if version != fingerprint.VERSION:
+        raise StoreError(f"{ds.ref.url} has fingerprints of version {version}, "
                          f"this xraybatch compares version {fingerprint.VERSION}: ingest it "
                          "again with --overwrite")
 
 
-def _search(ds: XrayStore, new_from: int, scheduler: Any, workers: int | None
+def _search(ds: ReadOnce, new_from: int, scheduler: Any, workers: int | None
             ) -> tuple[np.ndarray, np.ndarray]:
     """Verified pairs (score >= FLOOR) with a row >= ``new_from``, and their scores."""
     valid = ds.valid
@@ -113,25 +157,39 @@ def near_duplicate_pairs(ds: XrayStore, threshold: float | None = None, *,
     1  140  141  1.000000
     """
     threshold = threshold_or_default(threshold)
+    ds = read_once(ds)
     check_store(ds)
+    return _pairs_of(ds, threshold, scheduler, workers, keep)
+
+
+def _pairs_of(ds: ReadOnce, threshold: float, scheduler: Any, workers: int | None,
+              keep: bool) -> pd.DataFrame:
+    """:func:`near_duplicate_pairs` of a checked store."""
+    pairs, scores = _kept_or_searched(ds, scheduler, workers, keep)
+    frame = pd.DataFrame({"a": pairs[:, 0].astype(np.int64), "b": pairs[:, 1].astype(np.int64),
+                          "score": scores.astype(np.float64)})
+    return frame[frame.score >= threshold].reset_index(drop=True)
+
+
+def _kept_or_searched(ds: ReadOnce, scheduler: Any, workers: int | None, keep: bool
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs kept in the store for all its rows, else searched (the rows appended since
+    the kept pairs only) and, with ``keep``, kept."""
     n = len(ds)
     stored = ds.stored_pairs()
     key = _search_key(n)
     same = stored is not None and {k: v for k, v in stored[0].items() if k != "rows"} == {
         k: v for k, v in key.items() if k != "rows"}
     if same and stored[0]["rows"] == n:
-        pairs, scores = stored[1], stored[2]
-    else:
-        old = int(stored[0]["rows"]) if same and stored[0]["rows"] < n else 0
-        pairs, scores = _search(ds, old, scheduler, workers)
-        if old:
-            pairs = np.concatenate([stored[1], pairs])
-            scores = np.concatenate([stored[2], scores])
-        if keep:
-            write_pairs(ds.ref, pairs, scores, key)
-    frame = pd.DataFrame({"a": pairs[:, 0].astype(np.int64), "b": pairs[:, 1].astype(np.int64),
-                          "score": scores.astype(np.float64)})
-    return frame[frame.score >= threshold].reset_index(drop=True)
+        return stored[1], stored[2]
+    old = int(stored[0]["rows"]) if same and stored[0]["rows"] < n else 0
+    pairs, scores = _search(ds, old, scheduler, workers)
+    if old:
+        pairs = np.concatenate([stored[1], pairs])
+        scores = np.concatenate([stored[2], scores])
+    if keep:
+        write_pairs(ds.ref, pairs, scores, key)
+    return pairs, scores
 
 
 def threshold_or_default(threshold: float | None) -> float:
@@ -150,6 +208,11 @@ def threshold_or_default(threshold: float | None) -> float:
 
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
     """Connected components of ``n`` rows joined by ``pairs``: each row's smallest row.
+
+    The one union-find of the package: near-duplicate groups here, and the groups of
+    ``xraybatch split`` (:func:`xraybatch.splits.components`, whose partitions become pairs).
+    Vectorised (numpy only): every row takes the smallest label of its pairs, then the
+    label of that label (pointer jumping), until nothing changes: O(log n) rounds.
 
     Examples
     --------
@@ -183,6 +246,7 @@ def duplicate_groups(ds: XrayStore, threshold: float | None = None, **kwargs: An
     --------
     >>> ids = duplicate_groups(xraybatch.open("xray.zarr"))  # doctest: +SKIP
     """
+    ds = read_once(ds)
     pairs = near_duplicate_pairs(ds, threshold, **kwargs)
     joined = np.concatenate([pairs[["a", "b"]].to_numpy(np.int64),
                              exact_pairs(ds.sha256, np.ones(len(ds), bool))])
@@ -193,6 +257,7 @@ def summarize(ds: XrayStore, threshold: float | None = None, **kwargs: Any
               ) -> dict[str, Any]:
     """Counts for ``stats``: pairs, groups (of two rows or more), rows in them, pairs across
     splits, and the threshold."""
+    ds = read_once(ds)
     pairs = near_duplicate_pairs(ds, threshold, **kwargs)
     split = ds.split
     a, b = pairs.a.to_numpy(), pairs.b.to_numpy()
@@ -231,12 +296,12 @@ def find(stores: list[XrayStore], threshold: float | None = None, *,
         different stores), ``exact`` (same SHA-256); cross-split pairs first, then by score.
     """
     threshold = threshold_or_default(threshold)
+    stores = [read_once(ds) for ds in stores]
     for ds in stores:
         check_store(ds)
     parts = []
     for i, ds in enumerate(stores):
-        pairs = near_duplicate_pairs(ds, threshold, scheduler=scheduler, workers=workers,
-                                     keep=keep)
+        pairs = _pairs_of(ds, threshold, scheduler, workers, keep)
         parts.append(pd.DataFrame({"store_a": i, "a": pairs.a, "store_b": i, "b": pairs.b,
                                    "score": pairs.score}))
     if len(stores) > 1:
@@ -245,7 +310,7 @@ def find(stores: list[XrayStore], threshold: float | None = None, *,
     return _describe_pairs(stores, found)
 
 
-def _across(stores: list[XrayStore], threshold: float, scheduler: Any,
+def _across(stores: list[ReadOnce], threshold: float, scheduler: Any,
             workers: int | None) -> pd.DataFrame:
     """Pairs whose rows are in two different stores."""
     offsets = np.cumsum([0] + [len(ds) for ds in stores])
@@ -268,7 +333,7 @@ def _across(stores: list[XrayStore], threshold: float, scheduler: Any,
         "b": pairs[:, 1] - offsets[store_of[pairs[:, 1]]], "score": scores})
 
 
-def _describe_pairs(stores: list[XrayStore], found: pd.DataFrame) -> pd.DataFrame:
+def _describe_pairs(stores: list[ReadOnce], found: pd.DataFrame) -> pd.DataFrame:
     """Add paths, splits, cross_split and exact; cross-split pairs first, then by score."""
     paths = [ds.paths for ds in stores]
     splits = [np.asarray(ds.splits, dtype=object)[ds.split] for ds in stores]

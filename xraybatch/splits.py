@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from . import lock, store
+from .dups import components as pair_components
+from .dups import duplicate_groups
 from .store import StoreError, XrayStore
 from .store.versions import refuse_if_appending
 
@@ -106,8 +108,8 @@ def components(*partitions: np.ndarray) -> np.ndarray:
     """The union of partitions of the same rows: rows that share a group in any of them,
     directly or through other rows, get one id (0, 1, ... in order of first row).
 
-    Vectorised union-find: every row takes the smallest row index of each of its groups,
-    then the label of that row (pointer jumping), until nothing changes.
+    Each group joins its rows to its first row (:func:`partition_pairs`); the components
+    of these pairs are :func:`xraybatch.dups.components`.
 
     Examples
     --------
@@ -115,22 +117,25 @@ def components(*partitions: np.ndarray) -> np.ndarray:
     [0, 0, 0, 1, 1]
     """
     n = len(partitions[0])
-    sorted_groups = []
-    for codes in partitions:
-        order = np.argsort(codes, kind="stable")
-        ordered = codes[order]
-        first = np.r_[True, ordered[1:] != ordered[:-1]]
-        sorted_groups.append((order, np.flatnonzero(first), np.cumsum(first) - 1))
-    label = np.arange(n)
-    while True:
-        before = label
-        for order, starts, member in sorted_groups:
-            lowest = np.minimum.reduceat(label[order], starts) if n else label
-            label = np.empty_like(label)
-            label[order] = lowest[member]
-        label = label[label]  # the label's own label: same component, never larger
-        if np.array_equal(label, before):
-            return np.unique(label, return_inverse=True)[1].astype(np.int64)
+    pairs = np.concatenate([partition_pairs(codes) for codes in partitions])
+    lowest = pair_components(n, pairs)  # each row's smallest row: ids in order of first row
+    return np.unique(lowest, return_inverse=True)[1].astype(np.int64)
+
+
+def partition_pairs(codes: np.ndarray) -> np.ndarray:
+    """(P, 2) int64 pairs (first row of the group, other row) of a partition's groups.
+
+    Examples
+    --------
+    >>> partition_pairs(np.array([7, 5, 7, 7, 5])).tolist()
+    [[1, 4], [0, 2], [0, 3]]
+    """
+    order = np.argsort(codes, kind="stable")
+    ordered = codes[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]] if len(codes) else np.zeros(0, bool)
+    head = order[np.flatnonzero(first)][np.cumsum(first) - 1]
+    other = head != order
+    return np.column_stack([head[other], order[other]]).astype(np.int64)
 
 
 def content_groups(ds: XrayStore, threshold: float | None = None) -> np.ndarray:
@@ -141,8 +146,6 @@ def content_groups(ds: XrayStore, threshold: float | None = None) -> np.ndarray:
     >>> content_groups(xraybatch.open("xray.zarr"))[:4]  # doctest: +SKIP
     array([0, 1, 1, 2])
     """
-    from .dups import duplicate_groups  # the search's imports, only when content is asked for
-
     return duplicate_groups(ds, threshold)
 
 
