@@ -140,3 +140,24 @@ def test_other_layouts_are_left_to_zarr(tmp_path: Path, kw: dict) -> None:
 def test_object_stores_are_left_to_zarr() -> None:
     array = zarr.create_array(zarr.storage.MemoryStore(), **IMAGES)
     assert shards.RowFiles.of(array._async_array) is None
+
+
+def test_benchmark_smoke(synth_small: Path, tmp_path: Path) -> None:
+    """benchmarks/shards.py runs end to end on both layouts (nothing timed here)."""
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "shards.py"
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(bench), str(synth_small), "--size", "32",
+                           "--chunk", "8", "--rounds", "1", "--warmup", "0", "--repeat", "2",
+                           "--out", str(out), "--tmp", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((out / "shards.json").read_text())
+    for job in ("ingest", "verify"):
+        assert {m["n"] for m in results[job]["medians"].values()} == {results["n"]}
+    assert len(results["chunk_ms"]) == 7 and len(results["rows_ms"]) == 5
+    assert "| zarr get_orthogonal_selection |" in (out / "shards.md").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the stores removed
