@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.src:
         p.error("SRC is required")
-    sys.path.insert(0, str(HERE))
+    # This repository's xraybatch (as the measured subprocesses get through PYTHONPATH),
+    # not one installed in the competitors' venv: the long run ingests here.
+    sys.path[:0] = [str(HERE), str(HERE.parent)]
     from run import machine, replicate, warm_cache
 
     out = Path(args.out).resolve()

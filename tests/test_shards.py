@@ -161,3 +161,17 @@ def test_benchmark_smoke(synth_small: Path, tmp_path: Path) -> None:
     assert len(results["chunk_ms"]) == 7 and len(results["rows_ms"]) == 5
     assert "| zarr get_orthogonal_selection |" in (out / "shards.md").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the stores removed
+
+
+@pytest.mark.parametrize("dtype", ["bool", "float64", "str", "int8"])
+def test_read_whole_equals_zarr(tmp_path: Path, dtype: str) -> None:
+    """Whole columns read chunk file by chunk file in this thread (a missing file is the
+    fill value), as zarr reads them; 2-D arrays chunked along their first axis too."""
+    shape = (23, 3) if dtype == "int8" else (23,)
+    array = zarr.create_array(str(tmp_path / "z"), shape=shape, dtype=dtype,
+                              chunks=(5, *shape[1:]), compressors=ZstdCodec(checksum=True))
+    values = _data(shape, "int64", seed=4)
+    array[:] = values.astype(str) if dtype == "str" else values.astype(dtype)
+    (tmp_path / "z" / "c" / ("2/0" if len(shape) == 2 else "2")).unlink()
+    got = zarrio.read_whole(array._async_array)
+    assert got.dtype == array[:].dtype and np.array_equal(got, array[:])

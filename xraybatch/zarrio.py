@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.group import ConsolidatedMetadata, GroupMetadata
 from zarr.core.sync import sync
 from zarr.errors import ZarrUserWarning
-from zarr.storage import StorePath
+from zarr.storage import LocalStore, StorePath
 
 from . import shards
 
@@ -77,7 +78,10 @@ def read_chunks(items: list[tuple[AsyncArray, tuple[int, ...]]]
     synchronously (sharding) are read through zarr's pipeline.
     """
     direct = [i for i, (array, _) in enumerate(items) if _encodes_sync(array)]
-    fetched = dict(zip(direct, sync(_fetch([items[i] for i in direct])), strict=True))
+    local = [i for i in direct if isinstance(items[i][0].store_path.store, LocalStore)]
+    remote = [i for i in direct if i not in set(local)]
+    fetched = {**dict(zip(remote, sync(_fetch([items[i] for i in remote])), strict=True)),
+               **{i: _read_file(*items[i]) for i in local}}
     out: list[np.ndarray | None | Exception] = []
     for i, (array, coords) in enumerate(items):
         try:
@@ -89,6 +93,34 @@ def read_chunks(items: list[tuple[AsyncArray, tuple[int, ...]]]
                 out.append(decode_chunk(array, coords, fetched[i]))
         except Exception as e:  # noqa: BLE001 - any codec error is the damage reported
             out.append(e)
+    return out
+
+
+def read_whole(array: AsyncArray) -> np.ndarray:
+    """All of ``array`` (chunked along its first axis only): every chunk fetched in one trip
+    through zarr's event loop and decoded in the calling thread, as :func:`read_chunks`.
+
+    zarr's pipeline costs ~1 ms per chunk: a per-image column of 20,000 rows in chunks of
+    128 took 0.15 s through ``array[:]`` (opening a training dataset), a million rows 8 s.
+    """
+    counts = chunk_counts(array)
+    if len(counts) == 0 or any(c != 1 for c in counts[1:]) or not _encodes_sync(array):
+        return sync(array.getitem(slice(None)))
+    parts = read_chunks([(array, (k,) + (0,) * (len(counts) - 1)) for k in range(counts[0])])
+    for part in parts:
+        if isinstance(part, Exception):
+            raise part
+    if all(part is None for part in parts):
+        return sync(array.getitem(slice(None)))  # nothing written: zarr's fill values
+    dtype = next(part.dtype for part in parts if part is not None)
+    out = np.empty(array.shape, dtype=dtype)
+    rows = rows_per_chunk(array)
+    for k, part in enumerate(parts):
+        region = out[k * rows:(k + 1) * rows]
+        if part is None:
+            region[...] = sync(array.getitem(slice(k * rows, k * rows + len(region))))
+        else:
+            region[...] = part
     return out
 
 
@@ -120,6 +152,19 @@ async def _fetch(items: list[tuple[AsyncArray, tuple[int, ...]]]) -> list[Buffer
     return await asyncio.gather(
         *((array.store_path / array.metadata.encode_chunk_key(coords)).get(prototype)
           for array, coords in items), return_exceptions=True)
+
+
+def _read_file(array: AsyncArray, coords: tuple[int, ...]) -> Buffer | None | Exception:
+    """A chunk file of a local store read in this thread: zarr's ``LocalStore.get`` hops to
+    a worker thread per file (~0.2 ms; 38 ms for the 157 chunks of a 20,000-row column)."""
+    store = array.store_path.store
+    path = Path(store.root) / array.store_path.path / array.metadata.encode_chunk_key(coords)
+    try:
+        return default_buffer_prototype().buffer.from_bytes(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return e
 
 
 def rows_per_chunk(array: AsyncArray) -> int:

@@ -90,18 +90,18 @@ class XrayStore:
 
     @property
     def labels(self) -> np.ndarray:
-        return self.group["labels"][:]
+        return self._column("labels")
 
     @property
     def split(self) -> np.ndarray:
-        return self.group["split"][:]
+        return self._column("split")
 
     @property
     def original_split(self) -> np.ndarray:
         """The scan's assignment (``split`` is the active one, which ``xraybatch split``
         rewrites); a store that has no ``split_original`` was never split."""
         g = self.group
-        return g["split_original"][:] if "split_original" in g else self.split
+        return self._column("split_original") if "split_original" in g else self.split
 
     @property
     def multilabel(self) -> bool:
@@ -116,7 +116,7 @@ class XrayStore:
         --------
         >>> ds.findings[:2], ds.classes  # doctest: +SKIP
         """
-        return self.group["findings"][:] if self.multilabel else None
+        return self._column("findings") if self.multilabel else None
 
     def class_membership(self, valid_only: bool = True) -> np.ndarray:
         """(N, C) bool: (valid) images counted under each class (every positive finding)."""
@@ -146,7 +146,7 @@ class XrayStore:
 
     @property
     def valid(self) -> np.ndarray:
-        return self.group["valid"][:]
+        return self._column("valid")
 
     @property
     def chunk(self) -> int:
@@ -166,7 +166,7 @@ class XrayStore:
 
     def fingerprint_codes(self) -> np.ndarray:
         """(N, codes) uint64 SimHash codes of every row (0 where invalid)."""
-        return self.group["fp_hash"][:]
+        return self._column("fp_hash")
 
     def fingerprint_thumbs(self, rows: np.ndarray) -> np.ndarray:
         """Equalised thumbnails of ``rows`` (sorted, unique integer indices)."""
@@ -178,12 +178,12 @@ class XrayStore:
 
     @property
     def sha256(self) -> np.ndarray:
-        return self.group["sha256"][:]
+        return self._column("sha256")
 
     @property
     def paths(self) -> np.ndarray:
         """Each row's source path, relative to ``attrs["source"]``."""
-        return self.group["path"][:]
+        return self._column("path")
 
     def stored_pairs(self) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
         """Near-duplicate pairs kept by :func:`write_pairs`: (key, (P, 2) rows, (P,) scores)."""
@@ -239,6 +239,11 @@ class XrayStore:
         view[...] = chunk
         return view
 
+    def _column(self, name: str) -> np.ndarray:
+        """The whole array ``name``, its chunk files read and decoded in this thread
+        (:func:`xraybatch.zarrio.read_whole`: 5x faster than zarr for per-image columns)."""
+        return zarrio.read_whole(self.group[name]._async_array)
+
     def row_files(self) -> shards.RowFiles | None:
         """A reader of single images by their file offsets, for a local store whose images
         are sharded one image per inner chunk; ``None`` otherwise."""
@@ -252,20 +257,21 @@ class XrayStore:
 
     def view_positions(self) -> np.ndarray:
         """Each image's DICOM ViewPosition (``PA``, ``AP``, ``LL``...; "" when unknown)."""
-        g = self.group
-        return g["view_position"][:] if "view_position" in g else np.full(len(self), "", object)
+        if "view_position" in self.group:
+            return self._column("view_position")
+        return np.full(len(self), "", object)
 
     @property
     def manifest(self) -> pd.DataFrame:
         """One row per sample: source, label, outcome and quality-control flags."""
         g = self.group
         frame = pd.DataFrame({
-            "path": g["path"][:],
-            "split": np.asarray(self.splits, dtype=object)[g["split"][:]],
+            "path": self._column("path"),
+            "split": np.asarray(self.splits, dtype=object)[self.split],
             "class_name": self.class_names(),
-            "label": g["labels"][:],
-            "file_bytes": g["file_bytes"][:],
-            **{name: g[name][:] for name in RECORD_ARRAYS if name in g},
+            "label": self.labels,
+            "file_bytes": self._column("file_bytes"),
+            **{name: self._column(name) for name in RECORD_ARRAYS if name in g},
             "patient_id": self.patient_ids(),
         })
         return qc.add_flags(frame, None, self.size, moments=self._moments())
@@ -275,7 +281,7 @@ class XrayStore:
         histograms one chunk at a time, so that the manifest never holds them all."""
         g = self.group
         if "mean" in g and "std" in g:
-            return g["mean"][:], g["std"][:]
+            return self._column("mean"), self._column("std")
         parts = [qc.image_moments(g["hist"][a:b]) for a, b in chunk_bounds(len(self), self.chunk)]
         return (np.concatenate([m for m, _ in parts]) if parts else np.zeros(0),
                 np.concatenate([s for _, s in parts]) if parts else np.zeros(0))
