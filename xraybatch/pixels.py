@@ -66,13 +66,12 @@ class Pixels:
             out[i] = chunks[c][r]  # one copy per image, no temporaries
 
     def row(self, row: int) -> np.ndarray:
-        """The image of store row ``row`` (a view of a cached chunk: copy before changing
-        it)."""
+        """The image of store row ``row``, a new array (the caller may change it)."""
         if self.files is not None:
-            out = np.empty((1, self.store.size, self.store.size), np.uint8)
-            self.files.read_into(np.array([row]), out)
-            return out[0]
-        return self.get(row // self.chunk)[row % self.chunk]
+            out = np.empty((self.store.size, self.store.size), np.uint8)
+            self.files.read_row(row, out)
+            return out
+        return self.get(row // self.chunk)[row % self.chunk].copy()
 
     def get(self, index: int) -> np.ndarray:
         """Chunk ``index`` of the images, from the cache or read into a reused buffer."""

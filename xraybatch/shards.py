@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +246,9 @@ class RowFiles:
     directory: read those through zarr.
     """
 
+    #: Shard files kept open per reader (a per-sample loader reads one image per call).
+    OPEN_FILES = 64
+
     def __init__(self, root: Path, array: AsyncArray) -> None:
         meta = array.metadata
         self.root, self.meta = root, meta
@@ -251,6 +256,10 @@ class RowFiles:
         self.row_bytes = int(np.prod(meta.shape[1:])) * np.dtype(meta.dtype.to_native_dtype()
                                                                   ).itemsize
         self.indexes: dict[int, np.ndarray] = {}
+        self.fds: dict[int, int] = {}  # shard -> open file, in the order of use
+        self.tail = bytearray(4)  # a row's CRC-32C
+        self.lock = threading.Lock()
+        weakref.finalize(self, _close_all, self.fds)
 
     @classmethod
     def of(cls, array: AsyncArray) -> RowFiles | None:
@@ -282,19 +291,36 @@ class RowFiles:
         flat = out.reshape(len(rows), -1)
         if flat.shape[1] * flat.itemsize != self.row_bytes or not flat.flags.c_contiguous:
             raise ValueError("out must be C-contiguous rows of the array's row shape")
+        if len(rows) == 1:  # one sample (map-style datasets): no grouping
+            self.read_row(int(rows[0]), flat[0])
+            return
         shard_of, local = np.divmod(np.asarray(rows, np.int64), self.rows)
-        tail = bytearray(4)
-        for shard in np.unique(shard_of).tolist():
-            fd = os.open(self._file(shard), os.O_RDONLY)
-            try:
+        with self.lock:  # open files are shared by this reader's threads
+            for shard in np.unique(shard_of).tolist():
+                fd = self._fd(shard)
                 index = self.index(shard, fd)
                 for i in np.flatnonzero(shard_of == shard).tolist():
-                    self._read_row(fd, index[local[i]], flat[i], tail, int(rows[i]))
-            finally:
-                os.close(fd)
+                    self._read_row(fd, index[local[i]], flat[i], int(rows[i]))
 
-    def _read_row(self, fd: int, entry: np.ndarray, dest: np.ndarray, tail: bytearray,
-                  row: int) -> None:
+    def read_row(self, row: int, dest: np.ndarray) -> None:
+        """Copy array row ``row`` into ``dest`` (C-contiguous, the row's size)."""
+        shard, local = divmod(row, self.rows)
+        with self.lock:
+            fd = self._fd(shard)
+            self._read_row(fd, self.index(shard, fd)[local], dest.reshape(-1), row)
+
+    def _fd(self, shard: int) -> int:
+        """The shard's file, open (the last :attr:`OPEN_FILES` opened stay open)."""
+        fd = self.fds.pop(shard, None)
+        if fd is None:
+            fd = os.open(self._file(shard), os.O_RDONLY)
+            if len(self.fds) >= self.OPEN_FILES:
+                os.close(self.fds.pop(next(iter(self.fds))))
+        self.fds[shard] = fd  # the most recent last
+        return fd
+
+    def _read_row(self, fd: int, entry: np.ndarray, dest: np.ndarray, row: int) -> None:
+        tail = self.tail
         offset, length = int(entry[0]), int(entry[1])
         if offset == MAX_UINT_64:  # not written: zarr's fill value (0 for images)
             dest[:] = self.meta.fill_value
@@ -306,6 +332,12 @@ class RowFiles:
         if crc32c(view) != int.from_bytes(tail, "little"):
             raise ChecksumError(f"row {row} in {self._file(row // self.rows)} is damaged "
                                 "(CRC-32C); run 'xraybatch verify' on the store")
+
+
+def _close_all(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 def _one_row_shards(array: AsyncArray) -> bool:

@@ -283,11 +283,11 @@ class XrayDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         row = int(self.rows[index])
-        pixels = self._cache().row(row)
-        # A copy either way: the cached chunk must survive in-place transforms. numpy, not
-        # torch: torch's intra-op thread pool costs more than these 65k-pixel operations
-        # (same float32 values: a correctly rounded x / 255 either way).
-        pixels = scale_images(pixels, self.scale) if self.dtype == "float32" else pixels.copy()
+        pixels = self._cache().row(row)  # a new array: in-place transforms are safe
+        # numpy, not torch: torch's intra-op thread pool costs more than these 65k-pixel
+        # operations (same float32 values: a correctly rounded x / 255 either way).
+        if self.dtype == "float32":
+            pixels = scale_images(pixels, self.scale)
         image = torch.from_numpy(pixels)[None]
         if self.transform is not None:
             image = self.transform(image)
