@@ -367,9 +367,11 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(measure(spec, args.timeout))
             res = runs[name][-1]
             brief = ([round(e["n"] / e["seconds"]) for e in res["epochs"]]
+                     + [f"first batch {res['epochs'][0]['first']:.4f} s"]
                      if "epochs" in res else res)
             print(f"round {r + 1} {name}: {brief}", flush=True)
     results["reads"] = {name: summarize_reads(rs, n) for name, rs in runs.items()}
+    results["runs"] = runs  # round by round
     if args.long:
         results["long"] = long_run(args, out)
     results["load_end"] = os.getloadavg()[0]
