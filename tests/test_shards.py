@@ -110,13 +110,52 @@ def test_rows_never_written_read_as_the_fill_value(tmp_path: Path) -> None:
     assert np.array_equal(out, data[[2, 1]]) and not out[0].any()
 
 
-@pytest.mark.parametrize("where", ["image", "index", "cut"])
+def test_missing_shards_and_rows_past_the_end(tmp_path: Path) -> None:
+    """A shard file that does not exist reads as the fill value, as zarr reads it; rows past
+    the array's shape when the reader was made are refused (an append may have rewritten
+    the last shard since)."""
+    array = _zarr_wrote(tmp_path / "z", _data(IMAGES["shape"], seed=5), **IMAGES)
+    (tmp_path / "z" / "c" / "1" / "0" / "0").unlink()
+    files = shards.RowFiles.of(array._async_array)
+    out = np.full((3, 6, 5), 99, np.uint8)
+    files.read_into(np.array([9, 0, 20]), out)
+    assert np.array_equal(out, array.get_orthogonal_selection((np.array([9, 0, 20]),)))
+    assert not out[0].any()
+    with pytest.raises(IndexError):
+        files.read_into(np.array([3, 21]), out[:2])
+    with pytest.raises(IndexError):
+        files.read_row(21, out[0])
+
+
+def test_read_chunk_is_writable_and_contiguous(synth_small: Path, tmp_path: Path) -> None:
+    """XrayStore.read_chunk gives a new array, as zarr does (a full shard decodes to a view
+    of its file's bytes inside xraybatch)."""
+    import xraybatch
+
+    xraybatch.ingest(synth_small, tmp_path / "x.zarr", size=16, chunk=8, scheduler="sync")
+    ds = xraybatch.open(str(tmp_path / "x.zarr"))
+    last = -(-len(ds) // 8) - 1
+    assert len(ds) % 8  # a short last shard
+    for k in (0, 1, last):
+        chunk = ds.read_chunk(k)
+        assert chunk.flags.writeable and chunk.flags.c_contiguous
+        assert np.array_equal(chunk, zarr.open_array(str(tmp_path / "x.zarr"),
+                                                     path="images")[8 * k:8 * k + 8])
+    with pytest.raises(IndexError):
+        ds.read_chunk(last + 1)
+    images = ds.images
+    assert np.array_equal(images[5:19:3].compute(), images.compute()[5:19:3])
+
+
+@pytest.mark.parametrize("where", ["image", "index", "cut", "tiny"])
 def test_damaged_rows_are_refused(tmp_path: Path, where: str) -> None:
     array = _zarr_wrote(tmp_path / "z", _data(IMAGES["shape"]), **IMAGES)
     shard = tmp_path / "z" / "c" / "0" / "0" / "0"
     raw = bytearray(shard.read_bytes())
     if where == "cut":
         shard.write_bytes(bytes(raw[:30]) + bytes(raw[-(16 * 8 + 4):]))  # index intact
+    elif where == "tiny":
+        shard.write_bytes(bytes(raw[:30]))  # shorter than its index
     else:
         raw[{"image": 35, "index": -10}[where]] ^= 4
         shard.write_bytes(bytes(raw))

@@ -250,6 +250,18 @@ def test_pinned_spawned_worker_batches(store, raw) -> None:
     assert all(x.is_pinned() for x, _ in batches) == torch.cuda.is_available()
 
 
+def test_start_method_chosen_after_the_loader(store, raw) -> None:
+    """The shared slots suit the workers that start, not the start method the loader was
+    made under (an anonymous mapping is shared by forking only): spawned after all."""
+    ds = XrayDataset(store, dtype="uint8", split="test")
+    loader = XrayLoader(ds, batch_size=3, num_workers=1, timeout=60)  # fork, the default
+    loader.multiprocessing_context = "spawn"
+    got = torch.cat([x for x, _ in loader])[:, 0].numpy()
+    want = np.concatenate([ds.rows[b] for b in loader.batch_sampler.batches(0)])
+    np.testing.assert_array_equal(got, raw["images"][want])
+    assert not loader._pool.forked
+
+
 def test_batches_kept_are_never_overwritten(store, raw) -> None:
     """Shared slots are recycled only once their batches are gone: an epoch kept whole
     (more blocks than slots), then an iteration left early and resumed."""

@@ -278,7 +278,8 @@ class RowFiles:
         index = self.indexes.get(shard)
         if index is None:
             size = 16 * self.rows + 4
-            raw = os.pread(fd, size, os.fstat(fd).st_size - size)
+            total = os.fstat(fd).st_size
+            raw = os.pread(fd, size, total - size) if total >= size else b""
             body = np.frombuffer(raw, np.uint8)[:-4]
             if len(raw) != size or crc32c(body) != int.from_bytes(raw[-4:], "little"):
                 raise ChecksumError(f"the index of {self._file(shard)} is damaged (CRC-32C); "
@@ -294,26 +295,46 @@ class RowFiles:
         if len(rows) == 1:  # one sample (map-style datasets): no grouping
             self.read_row(int(rows[0]), flat[0])
             return
-        shard_of, local = np.divmod(np.asarray(rows, np.int64), self.rows)
+        rows = np.asarray(rows, np.int64)
+        self._check(rows)
+        shard_of, local = np.divmod(rows, self.rows)
         with self.lock:  # open files are shared by this reader's threads
             for shard in np.unique(shard_of).tolist():
                 fd = self._fd(shard)
+                if fd < 0:  # no file: zarr's fill value
+                    flat[shard_of == shard] = self.meta.fill_value
+                    continue
                 index = self.index(shard, fd)
                 for i in np.flatnonzero(shard_of == shard).tolist():
                     self._read_row(fd, index[local[i]], flat[i], int(rows[i]))
 
     def read_row(self, row: int, dest: np.ndarray) -> None:
         """Copy array row ``row`` into ``dest`` (C-contiguous, the row's size)."""
+        self._check(np.array([row]))
         shard, local = divmod(row, self.rows)
         with self.lock:
             fd = self._fd(shard)
+            if fd < 0:
+                dest[...] = self.meta.fill_value
+                return
             self._read_row(fd, self.index(shard, fd)[local], dest.reshape(-1), row)
 
+    def _check(self, rows: np.ndarray) -> None:
+        """Rows past the array's shape when this reader was made are refused: a shard
+        rewritten since (an append) may hold them, its kept index does not."""
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.meta.shape[0]):
+            raise IndexError(f"rows {rows.min()}-{rows.max()} of an array of "
+                             f"{self.meta.shape[0]} rows")
+
     def _fd(self, shard: int) -> int:
-        """The shard's file, open (the last :attr:`OPEN_FILES` opened stay open)."""
+        """The shard's file, open (the last :attr:`OPEN_FILES` opened stay open); -1 when
+        it does not exist (zarr reads the fill value)."""
         fd = self.fds.pop(shard, None)
         if fd is None:
-            fd = os.open(self._file(shard), os.O_RDONLY)
+            try:
+                fd = os.open(self._file(shard), os.O_RDONLY)
+            except FileNotFoundError:
+                return -1
             if len(self.fds) >= self.OPEN_FILES:
                 os.close(self.fds.pop(next(iter(self.fds))))
         self.fds[shard] = fd  # the most recent last
@@ -326,7 +347,11 @@ class RowFiles:
             dest[:] = self.meta.fill_value
             return
         view = dest.view(np.uint8)
-        if length != len(view) + 4 or os.preadv(fd, [view, tail], offset) != length:
+        if length != len(view) + 4:
+            raise ChecksumError(f"row {row}: the index of {self._file(row // self.rows)} "
+                                f"gives {length} bytes, not {len(view) + 4}; run 'xraybatch "
+                                "verify' on the store")
+        if os.preadv(fd, [view, tail], offset) != length:
             raise ChecksumError(f"row {row}: {self._file(row // self.rows)} is shorter than "
                                 "its index says; run 'xraybatch verify' on the store")
         if crc32c(view) != int.from_bytes(tail, "little"):

@@ -115,6 +115,7 @@ class ChunkBatchSampler(Sampler[list[int]]):
         self.block, self.seed, self.shuffle, self.drop_last = block, seed, shuffle, drop_last
         self.epoch, self.skip, self.per_batch = 0, 0, False
         self.pool: _SlotPool | None = None
+        self._last: tuple[int, list[list[np.ndarray]]] | None = None
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Make the next iteration epoch ``epoch``, starting after its first ``skip`` batches."""
@@ -124,7 +125,14 @@ class ChunkBatchSampler(Sampler[list[int]]):
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def blocks(self, epoch: int) -> list[list[np.ndarray]]:
-        """The batches of ``epoch`` (sample indices) in order, grouped in blocks."""
+        """The batches of ``epoch`` (sample indices) in order, grouped in blocks (the last
+        epoch's are kept: the loader and the sampler both ask for them)."""
+        if self._last is not None and self._last[0] == epoch:
+            return self._last[1]
+        self._last = (epoch, self._blocks(epoch))
+        return self._last[1]
+
+    def _blocks(self, epoch: int) -> list[list[np.ndarray]]:
         order = (_window_order(self.groups, self.window, np.random.default_rng((self.seed, epoch)))
                  if self.shuffle else np.arange(self.n))
         cut = [order[a:a + self.batch_size] for a in range(0, len(order), self.batch_size)]
@@ -177,8 +185,10 @@ class _SlotPool:
     """
 
     def __init__(self, count: int, nbytes: int, forked: bool) -> None:
+        self.forked = forked
         if forked:  # one anonymous shared mapping: free to make (torch's segments ~4 ms/16 MB)
-            whole = np.frombuffer(mmap.mmap(-1, count * nbytes), np.uint8)
+            self.mapping = mmap.mmap(-1, count * nbytes)
+            whole = np.frombuffer(self.mapping, np.uint8)
             self.tensors = [torch.from_numpy(whole[k * nbytes:(k + 1) * nbytes])
                             for k in range(count)]
         else:  # spawned workers receive torch's segments (by file descriptor) once
@@ -304,14 +314,11 @@ class XrayLoader(DataLoader):
         runs = streams if num_workers <= 1 else -(-streams // num_workers)
         dataset.cache_chunks = max(dataset.cache_chunks, runs * (window + 1))
         self._pin = pin_memory and torch.cuda.is_available()
-        self._pool = None
-        if num_workers > 0:
-            # Blocks in flight, the one being yielded and a few the training step holds.
-            self._pool = _SlotPool((prefetch_factor or 2) * num_workers + 4,
-                                   block * batch_size * dataset.size ** 2,
-                                   _start_method(kwargs.get("multiprocessing_context")) == "fork")
-            sampler.pool = self._pool
-        super().__init__(_Batches(dataset, self._pool.tensors if self._pool else None),
+        self._pool: _SlotPool | None = None  # made when workers start (see _slots)
+        # Blocks in flight, the one being yielded and a few the training step holds.
+        self._pool_size = ((prefetch_factor or 2) * num_workers + 4,
+                           block * batch_size * dataset.size ** 2)
+        super().__init__(_Batches(dataset, None),
                          batch_sampler=sampler, collate_fn=_as_is, num_workers=num_workers,
                          persistent_workers=(num_workers > 0 if persistent_workers is None
                                              else persistent_workers),
@@ -336,7 +343,7 @@ class XrayLoader(DataLoader):
         sampler, epoch = self.batch_sampler, self.epoch
         head = self._head()
         sampler.set_epoch(epoch, self.batches_done + len(head))
-        pool, s = self._pool, self.dataset.dataset.size
+        pool, s = self._slots(), self.dataset.dataset.size
         if pool is not None:
             pool.mark_stale()
         blocks = super().__iter__()  # persistent workers finish the stale blocks here
@@ -363,6 +370,20 @@ class XrayLoader(DataLoader):
                 start += n
             del images  # the slot is free once the training step drops the batches
         self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def _slots(self) -> _SlotPool | None:
+        """The workers' shared-memory slots, made for the start method the workers about to
+        start will use (an anonymous mapping is shared by forking only; the start method
+        may change between the loader's making and its iteration)."""
+        if self.num_workers == 0:
+            return None
+        starting = not (self.persistent_workers and self._iterator is not None)
+        forked = _start_method(self.multiprocessing_context) == "fork"
+        if self._pool is None or (starting and self._pool.forked != forked):
+            self._pool = _SlotPool(*self._pool_size, forked)
+            self.batch_sampler.pool = self._pool
+            self.dataset.slots = self._pool.tensors
+        return self._pool
 
     def _head(self) -> list[np.ndarray]:
         """The batch this process reads itself: the next one, when this iteration starts

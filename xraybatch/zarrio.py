@@ -79,7 +79,7 @@ def read_chunks(items: list[tuple[AsyncArray, tuple[int, ...]]]
     """
     direct = [i for i, (array, _) in enumerate(items) if _encodes_sync(array)]
     local = [i for i in direct if isinstance(items[i][0].store_path.store, LocalStore)]
-    remote = [i for i in direct if i not in set(local)]
+    remote = sorted(set(direct) - set(local))
     fetched = {**dict(zip(remote, sync(_fetch([items[i] for i in remote])), strict=True)),
                **{i: _read_file(*items[i]) for i in local}}
     out: list[np.ndarray | None | Exception] = []
@@ -104,7 +104,9 @@ def read_whole(array: AsyncArray) -> np.ndarray:
     128 took 0.15 s through ``array[:]`` (opening a training dataset), a million rows 8 s.
     """
     counts = chunk_counts(array)
-    if len(counts) == 0 or any(c != 1 for c in counts[1:]) or not _encodes_sync(array):
+    if len(counts) == 0:
+        return sync(array.getitem(()))
+    if any(c != 1 for c in counts[1:]) or not _encodes_sync(array):
         return sync(array.getitem(slice(None)))
     parts = read_chunks([(array, (k,) + (0,) * (len(counts) - 1)) for k in range(counts[0])])
     for part in parts:

@@ -77,9 +77,12 @@ class XrayStore:
 
         images = self.group["images"]
         rows = zarrio.rows_per_chunk(images._async_array)
-        name = f"xraybatch-images-{self.ref.url}-{self.attrs.get('version', 0)}-{len(self)}"
+        # The store's identity and version: a store ingested anew is another array.
+        token = (f"{self.ref.url}-{self.attrs.get('created')}-{self.attrs.get('version', 0)}-"
+                 f"{len(self)}")
         return da.from_array(_ChunkFiles(images), chunks=(rows, *images.shape[1:]),
-                             name=name, asarray=False, fancy=False)
+                             name=f"xraybatch-images-{token}", asarray=False, fancy=False,
+                             meta=np.empty((0,) * images.ndim, images.dtype))
 
     @property
     def hist(self):
@@ -226,6 +229,9 @@ class XrayStore:
         >>> ds.read_chunk(1).shape   # doctest: +SKIP
         (128, 256, 256)
         """
+        if not 0 <= index < -(-len(self) // self.chunk):
+            raise IndexError(f"chunk {index} of a store of {len(self)} images in chunks of "
+                             f"{self.chunk}")
         images = self._images()
         (chunk,) = zarrio.read_chunks([(images, (index, 0, 0))])
         if isinstance(chunk, Exception):
@@ -233,8 +239,8 @@ class XrayStore:
         stop = min((index + 1) * self.chunk, len(self))
         if chunk is None:  # no file: zarr's fill value
             chunk = np.zeros((stop - index * self.chunk, self.size, self.size), np.uint8)
-        if out is None:
-            return chunk
+        if out is None:  # a writable, contiguous array (a shard decodes to a view of its file)
+            return chunk if chunk.flags.writeable and chunk.flags.c_contiguous else chunk.copy()
         view = out[:len(chunk)]
         view[...] = chunk
         return view
@@ -346,13 +352,15 @@ class _ChunkFiles:
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         rows = zarrio.rows_per_chunk(self.array._async_array)
-        start = key[0].start or 0
+        start, stop, step = key[0].indices(self.shape[0])
         index = start // rows
+        if start >= stop or (stop - 1) // rows != index:  # empty, or not within one file
+            return self.array[key]
         coords = (index,) + (0,) * (self.ndim - 1)
         (chunk,) = zarrio.read_chunks([(self.array._async_array, coords)])
         if isinstance(chunk, Exception):
             raise chunk
         if chunk is None:  # no file: zarr's fill value
             return self.array[key]
-        return chunk[(slice(start - index * rows, (key[0].stop or len(chunk)) - index * rows),
-                      *key[1:])]
+        first = index * rows
+        return chunk[(slice(start - first, stop - first, step), *key[1:])]
