@@ -58,6 +58,12 @@ def test_read_images_slices_and_any_order(store: XrayStore, raw: dict[str, np.nd
     np.testing.assert_array_equal(store.read_images(slice(5, 21)), raw["images"][5:21])
     rows = np.array([40, 3, 17, 3])
     np.testing.assert_array_equal(store.read_images(rows), raw["images"][rows])
+    assert store.row_files() is not None  # read by offset (a local, sharded store)
+    np.testing.assert_array_equal(store.read_images([-1, 0]), raw["images"][[-1, 0]])
+    np.testing.assert_array_equal(store.read_images(slice(50, 10, -7)), raw["images"][50:10:-7])
+    assert store.read_images([]).shape == (0, *raw["images"].shape[1:])
+    with pytest.raises(IndexError):
+        store.read_images([len(raw["images"])])
 
 
 def test_to_xarray(store: XrayStore, raw: dict[str, np.ndarray]) -> None:

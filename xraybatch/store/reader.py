@@ -202,7 +202,8 @@ class XrayStore:
     def read_images(self, rows: slice | np.ndarray) -> np.ndarray:
         """Images of ``rows`` (a slice or integer indices, any order) as a numpy array.
 
-        Only the chunks holding those rows are read and decompressed.
+        On a local store only those images are read (by offset); elsewhere the chunks
+        holding them.
 
         Examples
         --------
@@ -211,6 +212,14 @@ class XrayStore:
         >>> ds.read_images(np.array([7, 3])).shape  # doctest: +SKIP
         (2, 256, 256)
         """
+        files = self.row_files()
+        if files is not None:  # local, sharded: the rows' images only, by offset
+            index = np.arange(len(self))[rows if isinstance(rows, slice)
+                                         else np.asarray(rows, dtype=np.int64)]
+            out = np.empty((len(index), self.size, self.size), np.uint8)
+            if len(index):
+                files.read_into(index, out)
+            return out
         images = self.group["images"]
         if isinstance(rows, slice):
             return images[rows]
@@ -252,8 +261,11 @@ class XrayStore:
 
     def row_files(self) -> shards.RowFiles | None:
         """A reader of single images by their file offsets, for a local store whose images
-        are sharded one image per inner chunk; ``None`` otherwise."""
-        return shards.RowFiles.of(self._images())
+        are sharded one image per inner chunk; ``None`` otherwise (made once: it keeps the
+        shard indexes it read)."""
+        if "_row_files" not in self.__dict__:
+            self.__dict__["_row_files"] = shards.RowFiles.of(self._images())
+        return self.__dict__["_row_files"]
 
     def _images(self) -> AsyncArray:
         images = self.__dict__.get("_images_array")
