@@ -87,17 +87,23 @@ def _inner_codec(codec: ShardingCodec, inner: ArraySpec) -> tuple[Any, Any]:
     """(encode, decode) of one inner chunk, numpy array <-> numpy bytes: zarr's codecs, or
     for raw bytes + CRC-32C of one-byte values (the images) the same bytes without zarr's
     ~0.1 ms per call (12 ms per shard of 128 images, 3% of decoding them)."""
-    if _raw_crc(codec, inner):
+    if _raw_crc(codec, inner.dtype):
         return _raw_crc32c, functools.partial(_checked_raw, shape=inner.shape)
     return (lambda a: encode(codec.codecs, inner.prototype.nd_buffer.from_numpy_array(a),
                              inner).as_numpy_array(),
             lambda b: decode(codec.codecs, _bytes(b), inner).as_numpy_array())
 
 
-def _raw_crc(codec: ShardingCodec, inner: ArraySpec) -> bool:
-    """Whether each inner chunk is its raw bytes (one byte per value), then a CRC-32C."""
-    return (np.dtype(inner.dtype.to_native_dtype()).itemsize == 1
+def _raw_crc(codec: ShardingCodec, dtype: Any) -> bool:
+    """Whether each inner chunk is its raw bytes (one byte per value of ``dtype``, a zarr
+    data type), then a CRC-32C."""
+    return (np.dtype(dtype.to_native_dtype()).itemsize == 1
             and [type(c) for c in codec.codecs] == [BytesCodec, Crc32cCodec])
+
+
+def _crc_matches(data: Any, stored: Any) -> bool:
+    """Whether ``data`` has the CRC-32C ``stored`` (4 bytes, little-endian)."""
+    return crc32c(data) == int.from_bytes(bytes(stored), "little")
 
 
 def _raw_crc32c(values: np.ndarray) -> np.ndarray:
@@ -108,7 +114,7 @@ def _raw_crc32c(values: np.ndarray) -> np.ndarray:
 
 
 def _checked_raw(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if len(data) < 4 or crc32c(data[:-4]) != int.from_bytes(data[-4:].tobytes(), "little"):
+    if len(data) < 4 or not _crc_matches(data[:-4], data[-4:]):
         raise ValueError("stored and computed CRC-32C checksums do not match")
     return data[:-4].reshape(shape)
 
@@ -116,10 +122,10 @@ def _checked_raw(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 def _encode_shard(codec: ShardingCodec, shard: NDBuffer, spec: ArraySpec,
                   inside: tuple[int, ...]) -> Buffer:
     per_shard = codec._get_chunks_per_shard(spec)
-    encode_inner, _ = _inner_codec(codec, codec._get_chunk_spec(spec))
     values = shard.as_numpy_array()
-    if _raw_crc(codec, codec._get_chunk_spec(spec)) and _one_row_each(codec, per_shard):
+    if _raw_crc(codec, spec.dtype) and _one_row_each(codec, per_shard):
         return _encode_rows(codec, values[:inside[0]], per_shard)
+    encode_inner, _ = _inner_codec(codec, codec._get_chunk_spec(spec))
     index = np.full((*per_shard, 2), MAX_UINT_64, dtype=np.uint64)
     parts, offset = [], 0
     for coords in morton_order_iter(per_shard):  # zarr's order of the inner chunks
@@ -179,7 +185,7 @@ def _decode_rows(raw: np.ndarray, index: np.ndarray, spec: ArraySpec) -> np.ndar
         return None
     body = raw[:n * width].reshape(n, width)
     for k in range(n):
-        if crc32c(body[k, :-4]) != int.from_bytes(body[k, -4:].tobytes(), "little"):
+        if not _crc_matches(body[k, :-4], body[k, -4:]):
             coords = (k,) + (0,) * (len(spec.shape) - 1)
             raise ValueError(f"inner chunk {coords}: stored and computed CRC-32C checksums "
                              "do not match")
@@ -200,12 +206,11 @@ def _decode_shard(codec: ShardingCodec, data: Buffer, spec: ArraySpec) -> NDBuff
     at_start = codec.index_location == ShardingCodecIndexLocation.start
     index = decode(codec.index_codecs, _bytes(raw[:size] if at_start else raw[len(raw) - size:]),
                    _index_spec(codec, per_shard)).as_numpy_array()
-    inner = codec._get_chunk_spec(spec)
-    if _raw_crc(codec, inner) and _one_row_each(codec, per_shard):
+    if _raw_crc(codec, spec.dtype) and _one_row_each(codec, per_shard):
         rows = _decode_rows(raw, index.reshape(-1, 2), spec)
         if rows is not None:
             return spec.prototype.nd_buffer.from_numpy_array(rows)
-    _, decode_inner = _inner_codec(codec, inner)
+    _, decode_inner = _inner_codec(codec, codec._get_chunk_spec(spec))
     out = spec.prototype.nd_buffer.create(shape=spec.shape,
                                           dtype=spec.dtype.to_native_dtype(),
                                           order=spec.order, fill_value=spec.fill_value)
@@ -281,7 +286,7 @@ class RowFiles:
             total = os.fstat(fd).st_size
             raw = os.pread(fd, size, total - size) if total >= size else b""
             body = np.frombuffer(raw, np.uint8)[:-4]
-            if len(raw) != size or crc32c(body) != int.from_bytes(raw[-4:], "little"):
+            if len(raw) != size or not _crc_matches(body, raw[-4:]):
                 raise ChecksumError(f"the index of {self._file(shard)} is damaged (CRC-32C); "
                                     "run 'xraybatch verify' on the store")
             index = self.indexes[shard] = body.view("<u8").reshape(self.rows, 2)
@@ -354,7 +359,7 @@ class RowFiles:
         if os.preadv(fd, [view, tail], offset) != length:
             raise ChecksumError(f"row {row}: {self._file(row // self.rows)} is shorter than "
                                 "its index says; run 'xraybatch verify' on the store")
-        if crc32c(view) != int.from_bytes(tail, "little"):
+        if not _crc_matches(view, tail):
             raise ChecksumError(f"row {row} in {self._file(row // self.rows)} is damaged "
                                 "(CRC-32C); run 'xraybatch verify' on the store")
 
@@ -373,9 +378,8 @@ def _one_row_shards(array: AsyncArray) -> bool:
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return False
     codec = codecs[0]
-    kinds = [type(c) for c in codec.codecs]
-    index_kinds = [type(c) for c in codec.index_codecs]
-    return (tuple(codec.chunk_shape) == (1, *meta.shape[1:])
-            and kinds == [BytesCodec, Crc32cCodec] and index_kinds == [BytesCodec, Crc32cCodec]
-            and codec.index_location == ShardingCodecIndexLocation.end
-            and np.dtype(meta.dtype.to_native_dtype()).itemsize == 1)
+    per_shard = tuple(s // c for s, c in zip(meta.chunk_grid.chunk_shape, codec.chunk_shape,
+                                             strict=True))
+    return (tuple(codec.chunk_shape[1:]) == tuple(meta.shape[1:])
+            and _raw_crc(codec, meta.dtype) and _one_row_each(codec, per_shard)
+            and [type(c) for c in codec.index_codecs] == [BytesCodec, Crc32cCodec])

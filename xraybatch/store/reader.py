@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from zarr import AsyncArray
 from .. import qc, shards, zarrio
 from ..findings import joined
 from ..location import StoreError, StoreRef
-from .layout import FINGERPRINT_ARRAYS, PAIR_ARRAYS, RECORD_ARRAYS, chunk_bounds
+from .layout import FINGERPRINT_ARRAYS, PAIR_ARRAYS, RECORD_ARRAYS, chunk_bounds, n_chunks
 from .versions import done_chunks, layout_written, patient_ids_of, read_partials
 
 
@@ -214,8 +215,10 @@ class XrayStore:
         """
         files = self.row_files()
         if files is not None:  # local, sharded: the rows' images only, by offset
-            index = np.arange(len(self))[rows if isinstance(rows, slice)
-                                         else np.asarray(rows, dtype=np.int64)]
+            n = len(self)  # (no arange of every row: a few rows of a large store)
+            index = (np.asarray(range(n)[rows], np.int64) if isinstance(rows, slice)
+                     else np.asarray(rows, np.int64))
+            index = np.where(index < 0, index + n, index)  # past either end: IndexError
             out = np.empty((len(index), self.size, self.size), np.uint8)
             if len(index):
                 files.read_into(index, out)
@@ -238,10 +241,10 @@ class XrayStore:
         >>> ds.read_chunk(1).shape   # doctest: +SKIP
         (128, 256, 256)
         """
-        if not 0 <= index < -(-len(self) // self.chunk):
+        if not 0 <= index < n_chunks(len(self), self.chunk):
             raise IndexError(f"chunk {index} of a store of {len(self)} images in chunks of "
                              f"{self.chunk}")
-        images = self._images()
+        images = self._images
         (chunk,) = zarrio.read_chunks([(images, (index, 0, 0))])
         if isinstance(chunk, Exception):
             raise chunk
@@ -263,15 +266,16 @@ class XrayStore:
         """A reader of single images by their file offsets, for a local store whose images
         are sharded one image per inner chunk; ``None`` otherwise (made once: it keeps the
         shard indexes it read)."""
-        if "_row_files" not in self.__dict__:
-            self.__dict__["_row_files"] = shards.RowFiles.of(self._images())
-        return self.__dict__["_row_files"]
+        return self._row_files
 
+    @cached_property
+    def _row_files(self) -> shards.RowFiles | None:
+        return shards.RowFiles.of(self._images)
+
+    @cached_property
     def _images(self) -> AsyncArray:
-        images = self.__dict__.get("_images_array")
-        if images is None:  # opening an array is a trip through zarr's event loop: once
-            images = self.__dict__["_images_array"] = self.group["images"]._async_array
-        return images
+        """The images array (opening it is a trip through zarr's event loop: once)."""
+        return self.group["images"]._async_array
 
     def view_positions(self) -> np.ndarray:
         """Each image's DICOM ViewPosition (``PA``, ``AP``, ``LL``...; "" when unknown)."""
